@@ -1,0 +1,107 @@
+"""Corpus -> token ids packed into fixed-length sequences, and BERT-style masking.
+
+Text files and folders are read with any encoding problem replaced, not crashed on. With no corpus the
+default is English text every installation already has: the documentation topics that ship with
+Python's standard library (`pydoc_data`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+from bort.errors import BortError
+
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".tokens", ".raw", ""}
+LINES_PER_CALL = 256
+
+
+def default_corpus() -> list[str]:
+    """Python's bundled documentation topics: ~465k characters of English prose and examples."""
+    from pydoc_data.topics import topics
+
+    return [topics[key] for key in sorted(topics)]
+
+
+def corpus_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (recursively, text-like files only) into a sorted, checked file list."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+                           and not p.name.startswith("."))
+            if not found:
+                raise BortError(f"corpus folder {path} holds no text files (.txt, .md, .rst, .tokens)")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise BortError(f"corpus path {path} does not exist; pass text files or folders")
+    return files
+
+
+def read_documents(paths: Iterable[str | os.PathLike] | None) -> Iterator[str]:
+    """Yield documents: one per file (or the default corpus when `paths` is empty)."""
+    paths = list(paths or [])
+    if not paths:
+        yield from default_corpus()
+        return
+    for file in corpus_files(paths):
+        try:
+            yield file.read_bytes().decode("utf-8", errors="replace")
+        except OSError as exc:
+            raise BortError(f"cannot read corpus file {file}: {exc.strerror}; check its permissions") from None
+
+
+def pack_sequences(documents: Iterable[str], tokenizer, seq_len: int, max_sequences: int | None = None
+                   ) -> torch.Tensor:
+    """Tokenise documents and pack them into rows of [CLS] tokens... [SEP], seq_len ids each.
+
+    Documents are joined with [SEP] so no row needs padding; reading stops once `max_sequences` rows
+    are full, so a huge corpus costs only what the run uses.
+    """
+    if seq_len < 8:
+        raise BortError(f"sequence length {seq_len} is too short; use at least 8")
+    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    body = seq_len - 2
+    rows: list[list[int]] = []
+    buffer: list[int] = []
+    for document in documents:
+        lines = [line for line in document.splitlines() if line.strip()]
+        for start in range(0, len(lines), LINES_PER_CALL):
+            chunk = lines[start:start + LINES_PER_CALL]
+            for ids in tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]:
+                buffer.extend(ids)
+            while len(buffer) >= body:
+                rows.append([cls_id, *buffer[:body], sep_id])
+                buffer = buffer[body:]
+                if max_sequences is not None and len(rows) >= max_sequences:
+                    return torch.tensor(rows, dtype=torch.long)
+        buffer.append(sep_id)
+    if not rows:
+        raise BortError(f"the corpus is empty or shorter than one sequence of {seq_len} tokens; "
+                        "pass more text with --corpus")
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def mask_tokens(input_ids: torch.Tensor, tokenizer, mask_prob: float, generator: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: choose `mask_prob` of the non-special tokens; of those 80% [MASK], 10% random, 10% kept.
+
+    Returns (masked inputs, labels) with labels -100 where nothing is predicted.
+    """
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    candidates = ~torch.isin(input_ids, special)
+    chosen = (torch.rand(input_ids.shape, generator=generator) < mask_prob) & candidates
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    inputs = input_ids.clone()
+    roll = torch.rand(input_ids.shape, generator=generator)
+    inputs[chosen & (roll < 0.8)] = tokenizer.mask_token_id
+    randomise = chosen & (roll >= 0.8) & (roll < 0.9)
+    inputs[randomise] = torch.randint(len(tokenizer), input_ids.shape, generator=generator)[randomise]
+    return inputs, labels

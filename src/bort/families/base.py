@@ -1,0 +1,139 @@
+"""The Family protocol: a search space of architectures with an exact, analytic cost model.
+
+A family names integer architectural parameters, says which combinations are valid, builds a torch
+module for any valid point and counts its parameters and operations without building it. The FPTAS
+only ever talks to this interface, so it works for any network with the ABnC property.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from bort.errors import BortError
+
+Arch = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Analytic cost of one architecture: total and non-embedding parameters, operations at a shape."""
+
+    params: int
+    effective_params: int
+    ops: int
+
+
+@runtime_checkable
+class Family(Protocol):
+    """What the search needs from a network family."""
+
+    name: str
+    param_names: tuple[str, ...]
+
+    def maximum(self) -> Arch:
+        """The maximum point T (the source architecture), which dominates the space."""
+
+    def default_space(self) -> dict[str, list[int]]:
+        """A built-in space of sub-architectures of the maximum point."""
+
+    def invalid_reason(self, arch: Arch) -> str | None:
+        """Why `arch` cannot be built, or None when it can."""
+
+    def cost(self, arch: Arch, batch_size: int = 1, seq_len: int = 128) -> Cost:
+        """Exact parameter counts and the operation count of one forward pass at (batch_size, seq_len)."""
+
+    def build(self, arch: Arch) -> torch.nn.Module:
+        """A freshly initialised module for `arch`."""
+
+    def example_input(self, arch: Arch, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+        """Keyword arguments for one forward pass of `arch` at the given shape (to measure latency)."""
+
+
+_REGISTRY: dict[str, Callable[..., Family]] = {}
+
+
+def register_family(name: str, factory: Callable[..., Family]) -> None:
+    """Make `factory(**options)` available as family `name` (e.g. to `bort.extract(family=name)`)."""
+    _REGISTRY[name] = factory
+
+
+def get_family(name: str, **options) -> Family:
+    """Instantiate the registered family `name`."""
+    if name not in _REGISTRY:
+        raise BortError(f"unknown family '{name}'; known families: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**options)
+
+
+def family_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def parse_arch(family: Family, text: str | Iterable[int]) -> Arch:
+    """'4,8,1024,768' -> (4, 8, 1024, 768), checked against the family's parameter names."""
+    try:
+        values = [int(v) for v in (text.split(",") if isinstance(text, str) else text)]
+    except ValueError:
+        raise BortError(f"--arch '{text}' is not a comma-separated list of integers") from None
+    names = ",".join(family.param_names)
+    if len(values) != len(family.param_names):
+        raise BortError(f"--arch needs {len(family.param_names)} values ({names}) for family "
+                        f"'{family.name}', got {len(values)}")
+    arch = tuple(values)
+    reason = family.invalid_reason(arch)
+    if reason:
+        raise BortError(f"architecture {names}={text} is invalid: {reason}")
+    return arch
+
+
+@dataclass
+class Space:
+    """The candidate values of each architectural parameter; its points are the grid's product."""
+
+    values: dict[str, list[int]]
+    invalid: Counter = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, family: Family, values: Mapping[str, Iterable[int]]) -> Space:
+        unknown = set(values) - set(family.param_names)
+        missing = [n for n in family.param_names if n not in values]
+        if unknown or missing:
+            raise BortError(f"space for family '{family.name}' must map exactly {','.join(family.param_names)}; "
+                            f"unknown {sorted(unknown) or 'none'}, missing {missing or 'none'}")
+        clean = {}
+        for name in family.param_names:
+            vals = values[name]
+            if isinstance(vals, int | str):
+                vals = [vals]
+            try:
+                ints = sorted({int(v) for v in vals})
+            except (TypeError, ValueError):
+                raise BortError(f"space parameter {name} must be a list of integers, got {vals!r}") from None
+            if not ints or min(ints) < 1:
+                raise BortError(f"space parameter {name} must list positive integers, got {vals!r}")
+            clean[name] = ints
+        return cls(clean)
+
+    def points(self, family: Family) -> list[Arch]:
+        """All valid points; the reasons for dropping the others are counted in `self.invalid`."""
+        self.invalid = Counter()
+        kept = []
+        for arch in itertools.product(*(self.values[n] for n in family.param_names)):
+            reason = family.invalid_reason(arch)
+            if reason:
+                self.invalid[reason] += 1
+            else:
+                kept.append(arch)
+        return kept
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for vals in self.values.values():
+            n *= len(vals)
+        return n

