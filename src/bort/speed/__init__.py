@@ -1,0 +1,1 @@
+"""Inference speed: measured latency (cached per hardware and runtime), benchmarking and export."""
