@@ -33,3 +33,7 @@ def cost(arch: str | tuple[int, ...], family: str | Family = "bert", source: str
 
         out["latency_ms"] = round(LatencyCache().measure(fam, point, batch_size, seq_len, repeats), 3)
     return out
+
+
+# Distillation pre-training (`bort pretrain`): the full signature and docs live with the implementation.
+from bort.distill.pretrain import pretrain  # noqa: E402,F401

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from bort.errors import BortError
@@ -38,7 +39,64 @@ def run_cost(args) -> None:
         print(f"{key:>17}: {value:,}" if isinstance(value, int) else f"{key:>17}: {value}")
 
 
-COMMANDS = [add_cost]
+def add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="distil a chosen architecture from the teacher (Bort step 2)")
+    p.add_argument("--arch", required=True,
+                   help="chosen/ folder from `bort extract`, a config.json, or D,A,H,I (cut from --source)")
+    p.add_argument("--source", help="model that D,A,H,I and --init source cut from (default: teacher)")
+    p.add_argument("--teacher", help="teacher folder or hub name (default: embedded all-MiniLM-L6-v2)")
+    p.add_argument("--corpus", nargs="*", default=[], help="text files or folders (default: Python's docs)")
+    p.add_argument("--output", required=True, help="folder for the model, checkpoints and metrics.jsonl")
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per process per micro-step")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    p.add_argument("--max-seq-len", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps (<1) or steps")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--mask-prob", type=float, default=0.15)
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--mlm-weight", type=float, default=0.1, help="weight of the masked-LM cross-entropy")
+    p.add_argument("--kd-weight", type=float, default=0.5, help="weight of T^2 KL (MLM-head teachers)")
+    p.add_argument("--hidden-weight", type=float, default=1.0, help="weight of the hidden-state loss")
+    p.add_argument("--hidden-loss", choices=("mse", "cosine"), default="mse")
+    p.add_argument("--attention-weight", type=float, default=0.0,
+                   help="weight of MiniLMv2 attention-relation distillation (0: off)")
+    p.add_argument("--init", choices=("random", "source"), default="random",
+                   help="random, or slice the source's weights into the student")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-sequences", type=int, default=64, help="held-out sequences for evaluation")
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto",
+                   help="GPU only; auto = bf16 where supported, else fp16")
+    p.add_argument("--max-sequences", type=int, help="use at most this many packed sequences of the corpus")
+    p.add_argument("--cache-dir", help="token cache folder (default: $BORT_CACHE/tokens)")
+    p.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement for the card")
+    p.set_defaults(run=run_pretrain)
+
+
+def run_pretrain(args) -> None:
+    from bort.api import pretrain
+
+    out = pretrain(args.arch, args.output, teacher=args.teacher, corpus=args.corpus, source=args.source,
+                   init=args.init, max_steps=args.max_steps, batch_size=args.batch_size,
+                   grad_accum=args.grad_accum, max_seq_len=args.max_seq_len, lr=args.lr, warmup=args.warmup,
+                   weight_decay=args.weight_decay, mask_prob=args.mask_prob, temperature=args.temperature,
+                   mlm_weight=args.mlm_weight, kd_weight=args.kd_weight, hidden_weight=args.hidden_weight,
+                   hidden_loss=args.hidden_loss, attention_weight=args.attention_weight,
+                   eval_every=args.eval_every, eval_sequences=args.eval_sequences, save_every=args.save_every,
+                   log_every=args.log_every, resume=args.resume, seed=args.seed,
+                   mixed_precision=args.mixed_precision, max_sequences=args.max_sequences,
+                   cache_dir=args.cache_dir, measure_latency=not args.no_latency)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun/accelerate launch, one process reports
+        print(f"saved {args.output}: eval {json.dumps(out['eval'])}, {out['tokens_per_s']} tokens/s, "
+              f"CPU latency {out['cpu_latency_ms']} ms")
+
+
+COMMANDS = [add_cost, add_pretrain]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -54,7 +54,8 @@ def read_documents(paths: Iterable[str | os.PathLike] | None) -> Iterator[str]:
         try:
             yield file.read_bytes().decode("utf-8", errors="replace")
         except OSError as exc:
-            raise BortError(f"cannot read corpus file {file}: {exc.strerror}; check its permissions") from None
+            raise BortError(f"cannot read corpus file {file}: {exc.strerror}; check its permissions"
+                            ) from None
 
 
 def pack_sequences(documents: Iterable[str], tokenizer, seq_len: int, max_sequences: int | None = None
@@ -64,12 +65,24 @@ def pack_sequences(documents: Iterable[str], tokenizer, seq_len: int, max_sequen
     Documents are joined with [SEP] so no row needs padding; reading stops once `max_sequences` rows
     are full, so a huge corpus costs only what the run uses.
     """
+    rows = []
+    for row in iter_packed_rows(documents, tokenizer, seq_len):
+        rows.append(row)
+        if max_sequences is not None and len(rows) >= max_sequences:
+            break
+    if not rows:
+        raise BortError(f"the corpus is empty or shorter than one sequence of {seq_len} tokens; "
+                        "pass more text with --corpus")
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def iter_packed_rows(documents: Iterable[str], tokenizer, seq_len: int) -> Iterator[list[int]]:
+    """The rows of `pack_sequences`, one at a time, so a corpus larger than memory can be streamed."""
     if seq_len < 8:
         raise BortError(f"sequence length {seq_len} is too short; use at least 8")
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     body = seq_len - 2
-    rows: list[list[int]] = []
     buffer: list[int] = []
     for document in documents:
         lines = [line for line in document.splitlines() if line.strip()]
@@ -78,15 +91,9 @@ def pack_sequences(documents: Iterable[str], tokenizer, seq_len: int, max_sequen
             for ids in tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]:
                 buffer.extend(ids)
             while len(buffer) >= body:
-                rows.append([cls_id, *buffer[:body], sep_id])
+                yield [cls_id, *buffer[:body], sep_id]
                 buffer = buffer[body:]
-                if max_sequences is not None and len(rows) >= max_sequences:
-                    return torch.tensor(rows, dtype=torch.long)
         buffer.append(sep_id)
-    if not rows:
-        raise BortError(f"the corpus is empty or shorter than one sequence of {seq_len} tokens; "
-                        "pass more text with --corpus")
-    return torch.tensor(rows, dtype=torch.long)
 
 
 def mask_tokens(input_ids: torch.Tensor, tokenizer, mask_prob: float, generator: torch.Generator
@@ -105,3 +112,66 @@ def mask_tokens(input_ids: torch.Tensor, tokenizer, mask_prob: float, generator:
     randomise = chosen & (roll >= 0.8) & (roll < 0.9)
     inputs[randomise] = torch.randint(len(tokenizer), input_ids.shape, generator=generator)[randomise]
     return inputs, labels
+
+
+def _cache_key(paths: list[str | os.PathLike], tokenizer, seq_len: int, max_sequences: int | None) -> str:
+    """Changes whenever the files (path, size, mtime), the tokenizer's vocabulary or the shape change."""
+    import hashlib
+    import json
+
+    files = ([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in corpus_files(paths)]
+             if paths else "pydoc_data")
+    vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+    spec = {"files": files, "tokenizer": [type(tokenizer).__name__, vocab], "seq_len": seq_len,
+            "max_sequences": max_sequences, "format": 1}
+    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BORT_CACHE", Path.home() / ".cache" / "bort")) / "tokens"
+
+
+def cached_sequences(paths: Iterable[str | os.PathLike] | None, tokenizer, seq_len: int,
+                     max_sequences: int | None = None, cache_dir: str | os.PathLike | None = None):
+    """Packed rows of the corpus as a read-only int32 memory map [rows, seq_len], tokenised only once.
+
+    Rows are streamed to disk as they are produced, so neither tokenising nor training needs the
+    corpus in memory; the file is written under a temporary name and renamed when complete, so an
+    interrupted run never leaves a cache that looks whole. Returns a numpy memmap (index it, then
+    `torch.from_numpy(...)`).
+    """
+    import json
+
+    import numpy as np
+
+    paths = list(paths or [])
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = _cache_key(paths, tokenizer, seq_len, max_sequences)
+    data, meta = root / f"{key}.bin", root / f"{key}.json"
+    if not meta.is_file():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BortError(f"cannot create the token cache {root}: {exc.strerror}; set BORT_CACHE") from None
+        tmp = root / f"{key}.bin.tmp{os.getpid()}"
+        rows, chunk = 0, []
+        with open(tmp, "wb") as out:
+            for row in iter_packed_rows(read_documents(paths), tokenizer, seq_len):
+                chunk.append(row)
+                rows += 1
+                if len(chunk) >= 1024:
+                    out.write(np.asarray(chunk, dtype=np.int32).tobytes())
+                    chunk = []
+                if max_sequences is not None and rows >= max_sequences:
+                    break
+            out.write(np.asarray(chunk, dtype=np.int32).tobytes())
+        if rows == 0:
+            tmp.unlink()
+            raise BortError(f"the corpus is empty or shorter than one sequence of {seq_len} tokens; "
+                            "pass more text with --corpus")
+        os.replace(tmp, data)
+        meta_tmp = root / f"{key}.json.tmp{os.getpid()}"
+        meta_tmp.write_text(json.dumps({"rows": rows, "seq_len": seq_len, "paths": [str(p) for p in paths]}))
+        os.replace(meta_tmp, meta)
+    rows = json.loads(meta.read_text())["rows"]
+    return np.memmap(data, dtype=np.int32, mode="r", shape=(rows, seq_len))

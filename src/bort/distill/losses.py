@@ -40,3 +40,30 @@ def hidden_distillation(student_hidden: torch.Tensor, teacher_hidden: torch.Tens
     else:
         raise ValueError(f"unknown hidden-state loss '{kind}'; use 'mse' or 'cosine'")
     return {"loss": value, "hidden": value}
+
+
+def attention_relation_distillation(student_qkv: tuple[torch.Tensor, ...],
+                                    teacher_qkv: tuple[torch.Tensor, ...], relation_heads: int
+                                    ) -> dict[str, torch.Tensor]:
+    """MiniLMv2 self-attention relations: KL(teacher || student) of softmax(x xᵀ / sqrt(d_r)) for x = Q, K, V.
+
+    Each [batch, seq, width] projection is split into `relation_heads` heads of width d_r, which need
+    not equal either model's attention heads, so student and teacher may differ in width and head
+    count (the relation matrices are [seq, seq] either way). The KL is averaged over batch, relation
+    heads and query positions, then over Q, K and V.
+    """
+    terms = []
+    for student, teacher in zip(student_qkv, teacher_qkv, strict=True):
+        relations = []
+        for x in (student.float(), teacher.float()):
+            batch, seq, width = x.shape
+            if width % relation_heads:
+                raise ValueError(f"width {width} is not divisible by {relation_heads} relation heads")
+            heads = x.view(batch, seq, relation_heads, width // relation_heads).transpose(1, 2)
+            scores = heads @ heads.transpose(-1, -2) / (width // relation_heads) ** 0.5
+            relations.append(F.log_softmax(scores, dim=-1))
+        log_student, log_teacher = relations
+        terms.append(F.kl_div(log_student.flatten(0, 2), log_teacher.flatten(0, 2), log_target=True,
+                              reduction="batchmean"))
+    value = torch.stack(terms).mean()
+    return {"loss": value, "attention": value}
