@@ -1,0 +1,309 @@
+"""Side-by-side inference benchmark of several models over runtimes, batch sizes and sequence lengths.
+
+Why it is built this way: a speed claim ("20x faster than BERT-large") is only as good as its method.
+Every model runs in eval and inference mode with the same fixed thread count, after warm-up, and the
+timed runs are interleaved round-robin across all model x runtime cells of a shape, so drift in the
+machine (other load, thermal state) hits every cell alike. We report median and p90, and relate the
+achieved GFLOP/s (analytic ops from the family's cost model) to this machine's matrix-multiply peak,
+measured by the same run, so a figure says how far from the hardware limit it is.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bort.errors import BortError
+from bort.speed.latency import hardware_id, matmul_peak_gflops
+from bort.speed.models import SpeedModel, example_inputs, input_names, resolve
+
+RUNTIMES = ("torch", "compile", "onnx", "onnx-int8")
+GEMM_SIZES = (512, 1024, 2048)
+
+
+def _gflops(flops: float, ms: float) -> float:
+    return flops / (ms / 1000) / 1e9
+
+
+def _best_median(fn: Callable[[], object], flops: float, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return _gflops(flops, statistics.median(times))
+
+
+def torch_gemm_peak(threads: int, sizes: Iterable[int] = GEMM_SIZES, repeats: int = 5) -> float:
+    """Best median GFLOP/s of fp32 square matrix products in PyTorch over a few sizes."""
+    return max(matmul_peak_gflops(n, repeats, threads) for n in sizes)
+
+
+def ort_gemm_peak(threads: int, sizes: Iterable[int] = GEMM_SIZES, repeats: int = 5) -> float:
+    """The same microbenchmark through onnxruntime's MatMul (its kernels differ from PyTorch's)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from bort.speed.export import ort_session
+
+    best = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            graph = helper.make_graph(
+                [helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+                [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"],
+                [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+            path = Path(tmp) / f"gemm{n}.onnx"
+            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+            session = ort_session(path, threads)
+            feed = {x: np.random.default_rng(0).standard_normal((n, n), dtype=np.float32) for x in "ab"}
+            best = max(best, _best_median(lambda s=session, f=feed: s.run(None, f), 2 * n**3, repeats))
+    return best
+
+
+@dataclass
+class _Cell:
+    """One model in one runtime: an engine built once, timed at each shape."""
+
+    model: SpeedModel
+    runtime: str
+    engine: Any
+    times: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+def _engine(model: SpeedModel, runtime: str, threads: int, onnx_dir: Path,
+            modules: dict[str, torch.nn.Module]) -> Any:
+    if runtime in ("torch", "compile"):
+        module = modules.setdefault(model.label, model.build())
+        return module if runtime == "torch" else torch.compile(module, dynamic=False)
+    from bort.speed.export import cached_export, ort_session
+
+    return ort_session(cached_export(model, onnx_dir, int8=runtime == "onnx-int8"), threads)
+
+
+def _call(cell: _Cell, batch_size: int, seq_len: int) -> Callable[[], object]:
+    inputs = example_inputs(cell.model, batch_size, seq_len)
+    if cell.runtime in ("torch", "compile"):
+        return lambda: cell.engine(**inputs)
+    feed = {n: inputs[n].numpy() for n in input_names(cell.model.config)}
+    return lambda: cell.engine.run(None, feed)
+
+
+def _check(models: Sequence[str], runtimes: Sequence[str], batch_sizes: Sequence[int],
+           seq_lens: Sequence[int]) -> None:
+    if not models:
+        raise BortError("name at least one model (a folder, config.json, hub name or preset)")
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown:
+        raise BortError(f"unknown runtime '{unknown[0]}'; known runtimes: {', '.join(RUNTIMES)}")
+    if not runtimes or not batch_sizes or not seq_lens or min(*batch_sizes, *seq_lens) < 1:
+        raise BortError("runtimes, batch sizes and sequence lengths must be non-empty, sizes positive")
+    if any(r.startswith("onnx") for r in runtimes):
+        from bort.speed.export import require_onnx
+
+        require_onnx()
+
+
+def bench(models: Sequence[str | os.PathLike], runtimes: Sequence[str] = ("torch",),
+          batch_sizes: Sequence[int] = (1,), seq_lens: Sequence[int] = (128,), threads: int | None = None,
+          repeats: int = 10, warmup: int = 2, max_seconds: float | None = None,
+          json_path: str | os.PathLike | None = None, plot_path: str | os.PathLike | None = None,
+          progress: bool = True) -> list[dict[str, Any]]:
+    """Time every model x runtime x shape, interleaved; returns one record per cell (see module doc).
+
+    `max_seconds` caps the timed time of one cell at one shape (at least 3 runs are kept), so a
+    benchmark with BERT-large at batch 32 x 512 still finishes.
+    """
+    _check([str(m) for m in models], runtimes, batch_sizes, seq_lens)
+    specs = [resolve(m) for m in models]
+    labels = [s.label for s in specs]
+    for spec, count in ((s, labels.count(s.label)) for s in specs):
+        if count > 1:
+            raise BortError(f"two models are labelled '{spec.label}'; name them with LABEL=SOURCE")
+    for spec in specs:
+        example_inputs(spec, 1, max(seq_lens))  # a one-line error before any slow work
+    threads = threads or torch.get_num_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bort-bench-") as tmp:
+            return _run(specs, runtimes, batch_sizes, seq_lens, threads, repeats, warmup, max_seconds,
+                        Path(tmp), json_path, plot_path, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(specs: list[SpeedModel], runtimes: Sequence[str], batch_sizes: Sequence[int],
+         seq_lens: Sequence[int], threads: int, repeats: int, warmup: int, max_seconds: float | None,
+         onnx_dir: Path,
+         json_path: str | os.PathLike | None, plot_path: str | os.PathLike | None,
+         progress: bool) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    use_ort = any(r.startswith("onnx") for r in runtimes)
+    peaks = {"torch": [torch_gemm_peak(threads)], "onnxruntime": [ort_gemm_peak(threads)] if use_ort else []}
+    modules: dict[str, torch.nn.Module] = {}
+    cells = []
+    for spec in tqdm(specs, desc="preparing models", disable=not progress):
+        for runtime in runtimes:
+            cell = _Cell(spec, runtime, None)
+            try:
+                cell.engine = _engine(spec, runtime, threads, onnx_dir, modules)
+            except BortError as exc:
+                cell.error = str(exc)
+            cells.append(cell)
+    shapes = [(b, s) for b in batch_sizes for s in seq_lens]
+    timed: dict[tuple[int, int], list[_Cell]] = {}
+    bar = tqdm(total=len(shapes) * (repeats + warmup), desc="timing", disable=not progress)
+    for batch_size, seq_len in shapes:
+        shape_cells = [_Cell(c.model, c.runtime, c.engine, error=c.error) for c in cells]
+        calls: dict[int, Callable[[], object]] = {}
+        for round_ in range(warmup + repeats):
+            # rotate the starting cell each round so no model always runs first (or right after another)
+            for k in range(len(shape_cells)):
+                index = (k + round_) % len(shape_cells)
+                cell = shape_cells[index]
+                if cell.error or (round_ >= warmup and max_seconds and sum(cell.times) > max_seconds * 1000
+                                  and len(cell.times) >= min(3, repeats)):
+                    continue
+                try:
+                    if index not in calls:
+                        calls[index] = _call(cell, batch_size, seq_len)
+                    with torch.inference_mode():
+                        start = time.perf_counter()
+                        calls[index]()
+                        elapsed = (time.perf_counter() - start) * 1000
+                except Exception as exc:  # a runtime failing on one model must not lose the others' figures
+                    cell.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"
+                    continue
+                if round_ >= warmup:
+                    cell.times.append(elapsed)
+            bar.update(1)
+        timed[(batch_size, seq_len)] = shape_cells
+    bar.close()
+    peaks["torch"].append(torch_gemm_peak(threads))  # again at the end: the peak is the best seen in the run
+    if use_ort:
+        peaks["onnxruntime"].append(ort_gemm_peak(threads))
+    records = _records(timed, threads, {k: max(v) for k, v in peaks.items() if v})
+    if json_path:
+        import json
+
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(records, indent=1))
+    if plot_path:
+        plot(records, plot_path)
+    return records
+
+
+def _records(timed: dict[tuple[int, int], list[_Cell]], threads: int,
+             peaks: dict[str, float]) -> list[dict[str, Any]]:
+    hardware, peak = hardware_id(), max(peaks.values())
+    records = []
+    for (batch_size, seq_len), cells in timed.items():
+        medians = {(c.model.label, c.runtime): statistics.median(c.times) for c in cells if c.times}
+        first = cells[0].model
+        first_cost = first.family.cost(first.arch, batch_size, seq_len)
+        for cell in cells:
+            cost = cell.model.family.cost(cell.model.arch, batch_size, seq_len)
+            record: dict[str, Any] = {
+                "model": cell.model.label, "source": cell.model.source, "runtime": cell.runtime,
+                "batch_size": batch_size, "seq_len": seq_len,
+                "arch": dict(zip(cell.model.family.param_names, cell.model.arch, strict=True)),
+                "params": cost.params, "effective_params": cost.effective_params, "ops": cost.ops,
+                "params_ratio": cost.params / first_cost.params, "ops_ratio": cost.ops / first_cost.ops,
+                "threads": threads, "hardware": hardware, "peak_gflops": round(peak, 1),
+                "gemm_peak_gflops": {k: round(v, 1) for k, v in peaks.items()}, "runs": len(cell.times)}
+            if cell.times:
+                median = medians[(cell.model.label, cell.runtime)]
+                p90 = float(np.percentile(cell.times, 90))
+                gflops = _gflops(cost.ops, median)
+                same = medians.get((first.label, cell.runtime))
+                eager = medians.get((first.label, "torch"))
+                record.update(median_ms=round(median, 3), p90_ms=round(p90, 3),
+                              seq_per_s=round(batch_size / (median / 1000), 2), gflops=round(gflops, 1),
+                              peak_fraction=round(gflops / peak, 4),
+                              speedup=round(same / median, 3) if same else None,
+                              speedup_vs_first_torch=round(eager / median, 3) if eager else None)
+            else:
+                record.update(median_ms=None, p90_ms=None, seq_per_s=None, gflops=None, peak_fraction=None,
+                              speedup=None, speedup_vs_first_torch=None)
+            if cell.error:
+                record["error"] = cell.error
+            records.append(record)
+    return records
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """A plain-text table of the records, with the run's hardware and measured peak on top."""
+    if not records:
+        return "(no records)"
+    head = records[0]
+    peaks = ", ".join(f"{k} {v:.0f}" for k, v in head["gemm_peak_gflops"].items())
+    first = records[0]["model"]
+    lines = [f"hardware: {head['hardware']} | {head['threads']} threads",
+             f"measured fp32 GEMM peak (GFLOP/s): {peaks}; peak used: {head['peak_gflops']:.0f}",
+             f"speedup: vs {first} in the same runtime; vs eager: vs {first} in PyTorch eager",
+             ""]
+    columns = ("model", "runtime", "batch", "seq", "median ms", "p90 ms", "seq/s", "params M", "eff M",
+               "GFLOP", "GFLOP/s", "% peak", "speedup", "vs eager")
+    rows = []
+    for r in records:
+        rows.append((r["model"], r["runtime"], str(r["batch_size"]), str(r["seq_len"]),
+                     _fmt(r["median_ms"], ".2f"), _fmt(r["p90_ms"], ".2f"), _fmt(r["seq_per_s"], ".1f"),
+                     f"{r['params'] / 1e6:.1f}",
+                     f"{r['effective_params'] / 1e6:.1f}", f"{r['ops'] / 1e9:.2f}", _fmt(r["gflops"], ".1f"),
+                     _fmt(None if r["peak_fraction"] is None else 100 * r["peak_fraction"], ".1f"),
+                     _fmt(r["speedup"], ".2f") + ("x" if r["speedup"] else ""),
+                     _fmt(r["speedup_vs_first_torch"], ".2f") + ("x" if r["speedup_vs_first_torch"] else "")))
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+    align = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)  # noqa: E731
+                                    for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+    lines += [align(columns), align(tuple("-" * w for w in widths))] + [align(row) for row in rows]
+    lines += [f"{r['model']} / {r['runtime']}: {r['error']}" for r in records if r.get("error")]
+    return "\n".join(lines)
+
+
+def plot(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Median latency per model, one bar per runtime, one panel per shape (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = sorted({(r["batch_size"], r["seq_len"]) for r in records})
+    models = list(dict.fromkeys(r["model"] for r in records))
+    runtimes = list(dict.fromkeys(r["runtime"] for r in records))
+    fig, axes = plt.subplots(1, len(shapes), figsize=(4.5 * len(shapes), 4), squeeze=False)
+    width = 0.8 / len(runtimes)
+    for ax, (b, s) in zip(axes[0], shapes, strict=True):
+        for j, runtime in enumerate(runtimes):
+            ms = {r["model"]: r["median_ms"] or 0 for r in records
+                  if (r["runtime"], r["batch_size"], r["seq_len"]) == (runtime, b, s)}
+            values = [ms.get(m, 0) for m in models]
+            ax.bar(np.arange(len(models)) + j * width, values, width, label=runtime)
+        ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models, rotation=30, ha="right")
+        ax.set_yscale("log")
+        ax.set_title(f"batch {b}, seq {s}")
+        ax.set_ylabel("median latency (ms)")
+    axes[0][0].legend()
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

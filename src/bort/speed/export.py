@@ -1,0 +1,219 @@
+"""ONNX export: the fastest deployable artifact, usable with onnxruntime alone.
+
+We use PyTorch's own exporter (`torch.onnx.export(dynamo=True)`, which needs onnxscript): `optimum`
+would pin an older `transformers` than the rest of bort needs. The export is checked against
+PyTorch on unpadded and padded inputs of shapes other than the traced ones, which also proves the
+batch and sequence axes are dynamic. Optional int8 is onnxruntime's dynamic quantization.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bort.errors import BortError
+from bort.speed.models import SpeedModel, example_inputs, input_names, resolve
+
+INSTALL_HINT = "pip install 'bort[onnx]'"
+FORMATS = ("onnx",)
+QUANTIZATIONS = ("int8",)
+EXTERNAL_DATA_BYTES = 1_800_000_000  # ONNX protobufs stop at 2 GB; bigger weights go to a .data file
+
+
+def require_onnx() -> None:
+    """Fail early, in one line, when the optional ONNX packages are missing."""
+    missing = []
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise BortError(f"ONNX support needs {', '.join(missing)}; install with: {INSTALL_HINT}")
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None):
+    """An onnxruntime CPU session with all graph optimisations and a fixed thread count."""
+    require_onnx()
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class _TupleOutputs(torch.nn.Module):
+    """Positional inputs in, a fixed tuple of named outputs out: what the exporter maps to ONNX names."""
+
+    def __init__(self, model: torch.nn.Module, inputs: list[str], outputs: list[str]):
+        super().__init__()
+        self.model, self.inputs, self.outputs = model, inputs, outputs
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        result = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        return tuple(result[name] for name in self.outputs)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter narrates every step and warns about optional packages; users only need errors."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "")]  # quantizer warns on the root logger
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def output_names(module: torch.nn.Module) -> list[str]:
+    """A classification checkpoint exports its logits; a bare encoder its hidden states and pooled [CLS]."""
+    classifier = type(module).__name__.endswith("ForSequenceClassification")
+    return ["logits"] if classifier else ["last_hidden_state", "pooler_output"]
+
+
+def export_module(module: torch.nn.Module, model: SpeedModel, path: Path, opset: int = 18) -> Path:
+    """Write `module` (eval mode) as ONNX with dynamic batch and sequence axes; returns the .onnx path."""
+    require_onnx()
+    names = input_names(model.config)
+    wrapper = _TupleOutputs(module, names, output_names(module)).eval()
+    sample = example_inputs(model, batch_size=2, seq_len=min(16, model.family.max_seq_len))
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    dynamic = {n: {0: batch, 1: sequence} for n in names}
+    size = sum(p.numel() * p.element_size() for p in module.parameters())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _quiet():
+            torch.onnx.export(wrapper, (), str(path), kwargs={n: sample[n] for n in names}, dynamo=True,
+                              input_names=names, output_names=output_names(module), opset_version=opset,
+                              dynamic_shapes=dynamic, external_data=size > EXTERNAL_DATA_BYTES, verbose=False)
+    except Exception as exc:  # the exporter raises many types; one line is what the user can act on
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise BortError(f"ONNX export of '{model.label}' failed ({type(exc).__name__}: {first[:200]})"
+                        ) from exc
+    return path
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:
+    """Dynamic int8 quantization of the weights of MatMul/Gemm nodes (activations quantized at run time)."""
+    require_onnx()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
+                         use_external_data_format=(fp32_path.parent / (fp32_path.name + ".data")).exists())
+    return int8_path
+
+
+def compare(module: torch.nn.Module, session, model: SpeedModel, batch_size: int = 3,
+            seq_len: int = 23) -> dict[str, Any]:
+    """Max abs difference ONNX vs PyTorch on unpadded and padded inputs of an untraced shape."""
+    names, outs = input_names(model.config), output_names(module)
+    seq_len = min(seq_len, model.family.max_seq_len)
+    result: dict[str, Any] = {"shape": [batch_size, seq_len]}
+    for padded in (False, True):
+        inputs = example_inputs(model, batch_size, seq_len, padded=padded, seed=1)
+        with torch.inference_mode():
+            reference = module(**inputs)
+        got = session.run(outs, {n: inputs[n].numpy() for n in names})
+        diffs = [float(np.abs(g - reference[o].numpy()).max()) for o, g in zip(outs, got, strict=True)]
+        key = "padded" if padded else "unpadded"
+        result[key] = max(diffs)
+        if outs == ["logits"]:
+            agree = (got[0].argmax(-1) == reference["logits"].numpy().argmax(-1)).mean()
+            result[f"{key}_argmax_agreement"] = float(agree)
+        else:
+            a, b = got[0].reshape(-1), reference[outs[0]].numpy().reshape(-1)
+            result[f"{key}_cosine"] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+    result["max_abs_diff"] = max(result["padded"], result["unpadded"])
+    return result
+
+
+def _save_tokenizer(model: SpeedModel, output: Path) -> str | None:
+    source = model.tokenizer_source()
+    if source is None:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(source).save_pretrained(str(output))
+    except (OSError, ValueError):
+        return None
+    return source
+
+
+def export(model: str | os.PathLike, output: str | os.PathLike, format: str = "onnx",
+           quantize: str | None = None, opset: int = 18, tolerance: float = 1e-3,
+           threads: int | None = None) -> dict[str, Any]:
+    """Export `model` to `output` (model.onnx, optional model_int8.onnx, tokenizer, config) and check it.
+
+    Returns a report with the files written and the max abs difference vs PyTorch on padded and
+    unpadded inputs; fp32 beyond `tolerance` is an error, int8 differences are reported (they are
+    expected to be larger; judge them by task accuracy).
+    """
+    if format not in FORMATS:
+        raise BortError(f"unknown export format '{format}'; known: {', '.join(FORMATS)}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise BortError(f"unknown quantization '{quantize}'; known: {', '.join(QUANTIZATIONS)}")
+    require_onnx()
+    spec = resolve(model)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    module = spec.build(head=True)
+    fp32 = export_module(module, spec, out / "model.onnx", opset)
+    report: dict[str, Any] = {"model": spec.label, "source": spec.source, "output": str(out),
+                              "pretrained_weights": spec.weights is not None,
+                              "inputs": input_names(spec.config),
+                              "outputs": output_names(module), "files": {"onnx": str(fp32)}, "opset": opset}
+    report["check"] = compare(module, ort_session(fp32, threads), spec)
+    if report["check"]["max_abs_diff"] > tolerance:
+        raise BortError(f"ONNX output differs from PyTorch by {report['check']['max_abs_diff']:.2e} "
+                        f"(> tolerance {tolerance:g}); the export of '{spec.label}' is not faithful")
+    if quantize == "int8":
+        int8 = quantize_int8(fp32, out / "model_int8.onnx")
+        report["files"]["onnx_int8"] = str(int8)
+        report["check_int8"] = compare(module, ort_session(int8, threads), spec)
+    spec.config.save_pretrained(str(out))
+    report["tokenizer"] = _save_tokenizer(spec, out)
+    report["sizes_mb"] = {k: round(_size(Path(p)) / 2**20, 2) for k, p in report["files"].items()}
+    (out / "export_report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _size(path: Path) -> int:
+    data = path.parent / (path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def cached_export(model: SpeedModel, cache_dir: Path, int8: bool = False) -> Path:
+    """The fp32 (or int8) ONNX file of `model` in `cache_dir`, exported once per run for benchmarking."""
+    folder = cache_dir / model.label.replace("/", "_")
+    fp32 = folder / "model.onnx"
+    if not fp32.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        export_module(model.build(), model, fp32)
+    if not int8:
+        return fp32
+    path = folder / "model_int8.onnx"
+    return path if path.exists() else quantize_int8(fp32, path)

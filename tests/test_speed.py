@@ -1,0 +1,116 @@
+"""`bort bench` and `bort export` on tiny configs: export numerics, the benchmark's records, bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from bort.cli import main
+from bort.errors import BortError
+from bort.speed.bench import RUNTIMES, bench, format_table
+from bort.speed.export import export
+
+pytest.importorskip("onnxruntime")
+
+TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=64)
+
+
+def _config(folder, **overrides) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    BertConfig(**{**TINY, **overrides}).save_pretrained(str(folder))
+    return str(folder / "config.json")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    return export(_config(root / "tiny"), root / "onnx", quantize="int8", threads=1)
+
+
+def test_export_matches_pytorch_padded_and_unpadded(exported):
+    check = exported["check"]
+    assert check["unpadded"] < 1e-4 and check["padded"] < 1e-4
+    assert exported["check_int8"]["max_abs_diff"] > 0  # int8 is reported, not hidden
+    assert exported["check_int8"]["padded_cosine"] > 0.99
+    assert exported["sizes_mb"]["onnx_int8"] < exported["sizes_mb"]["onnx"]
+
+
+def test_exported_folder_runs_with_onnxruntime_alone(exported):
+    """The README recipe: tokenizer + onnxruntime, any batch and length (dynamic axes)."""
+    import onnxruntime as ort
+
+    folder = exported["output"]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    session = ort.InferenceSession(f"{folder}/model.onnx", providers=["CPUExecutionProvider"])
+    texts = ["a short one", "a noticeably longer sentence that forces padding of the first", "third"]
+    batch = tokenizer(texts, padding=True, return_tensors="np")
+    hidden, pooled = session.run(None, {i.name: batch[i.name] for i in session.get_inputs()})
+    assert hidden.shape[:2] == batch["input_ids"].shape and pooled.shape == (3, TINY["hidden_size"])
+    report = json.loads((Path(folder) / "export_report.json").read_text())
+    assert report["check"] == exported["check"] and report["model"] == "tiny"
+
+
+def test_export_keeps_classification_head(tmp_path):
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(**TINY, num_labels=3)).save_pretrained(str(tmp_path / "clf"))
+    out = export(tmp_path / "clf", tmp_path / "onnx", threads=1)
+    assert out["outputs"] == ["logits"] and out["pretrained_weights"]
+    assert out["check"]["max_abs_diff"] < 1e-4 and out["check"]["padded_argmax_agreement"] == 1.0
+
+
+def test_bench_tiny_configs(tmp_path):
+    small = _config(tmp_path / "small")
+    wide = _config(tmp_path / "wide", hidden_size=64, intermediate_size=128)
+    records = bench([f"first={small}", wide], runtimes=["torch", "onnx", "onnx-int8"], batch_sizes=[1, 2],
+                    seq_lens=[8], threads=1, repeats=2, warmup=1, json_path=tmp_path / "r.json",
+                    plot_path=tmp_path / "r.png", progress=False)
+    assert len(records) == 2 * 3 * 2
+    assert json.loads((tmp_path / "r.json").read_text()) == records and (tmp_path / "r.png").stat().st_size
+    for r in records:
+        for key in ("model", "runtime", "batch_size", "seq_len", "median_ms", "p90_ms", "params",
+                    "effective_params", "ops", "gflops", "peak_fraction"):
+            assert r[key] is not None, key
+        assert r["p90_ms"] >= r["median_ms"] > 0 and r["peak_fraction"] > 0 and r["runs"] == 2
+    first = [r for r in records if r["model"] == "first"]
+    assert all(r["speedup"] == 1.0 and r["params_ratio"] == 1.0 for r in first)
+    wide_rec = next(r for r in records if r["model"] == "wide")
+    assert wide_rec["params"] > first[0]["params"] and wide_rec["ops_ratio"] > 1
+    assert "first" in format_table(records) and "GEMM peak" in format_table(records)
+
+
+@pytest.mark.slow
+def test_bench_compile_runtime(tmp_path):
+    records = bench([_config(tmp_path / "c")], runtimes=["compile"], seq_lens=[8], threads=1, repeats=2,
+                    warmup=1, progress=False)
+    assert records[0]["median_ms"] > 0 and "error" not in records[0]
+
+
+def test_unknown_runtime_and_preset(monkeypatch):
+    with pytest.raises(BortError, match="unknown runtime 'tpu'.*torch, compile"):
+        bench(["bort"], runtimes=["tpu"])
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(BortError, match="preset"):
+        bench(["bert-huge"])
+    assert main(["bench", "--models", "bert-huge"]) == 2
+    assert set(RUNTIMES) == {"torch", "compile", "onnx", "onnx-int8"}
+
+
+def test_missing_onnxruntime_gives_install_hint(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
+    with pytest.raises(BortError, match=r"pip install 'bort\[onnx\]'"):
+        export("bort", tmp_path)
+    with pytest.raises(BortError, match="onnxruntime"):
+        bench(["bort"], runtimes=["onnx"])
+    assert main(["export", "--model", "bort", "--output", str(tmp_path)]) == 2
+    assert "bort[onnx]" in capsys.readouterr().err
+
+
+def test_sequence_longer_than_positions(tmp_path):
+    with pytest.raises(BortError, match="exceeds the maximum"):
+        bench([_config(tmp_path / "t")], seq_lens=[65])
