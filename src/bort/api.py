@@ -37,3 +37,7 @@ def cost(arch: str | tuple[int, ...], family: str | Family = "bert", source: str
 
 # Distillation pre-training (`bort pretrain`): the full signature and docs live with the implementation.
 from bort.distill.pretrain import pretrain  # noqa: E402,F401
+
+# Inference speed (`bort bench`, `bort export`): the full signatures and docs live with the implementation.
+from bort.speed.bench import bench  # noqa: E402,F401
+from bort.speed.export import export  # noqa: E402,F401

@@ -96,7 +96,70 @@ def run_pretrain(args) -> None:
               f"CPU latency {out['cpu_latency_ms']} ms")
 
 
-COMMANDS = [add_cost, add_pretrain]
+def add_bench(sub) -> None:
+    from bort.speed.bench import RUNTIMES
+
+    p = sub.add_parser("bench", help="time several models side by side (runtimes x batch sizes x lengths)")
+    p.add_argument("--models", nargs="+", required=True,
+                   help="model folders, config.json files, hub names or presets (bert-large, bert-base, "
+                        "bort); LABEL=SOURCE names one; ratios are against the first")
+    p.add_argument("--runtime", action="append", choices=RUNTIMES, metavar="RUNTIME",
+                   help=f"repeatable: {', '.join(RUNTIMES)} (default: torch)")
+    p.add_argument("--batch-size", type=int, action="append", help="repeatable (default: 1)")
+    p.add_argument("--seq-len", type=int, action="append", help="repeatable (default: 128)")
+    p.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: torch's)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per cell (default: 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per cell first (default: 2)")
+    p.add_argument("--max-seconds", type=float, help="stop timing a cell after this many seconds (>= 3 runs)")
+    p.add_argument("--json", metavar="FILE", help="write the records as a JSON list")
+    p.add_argument("--plot", metavar="FILE", help="write a latency plot (png, pdf, svg)")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args) -> None:
+    from bort.api import bench
+    from bort.speed.bench import format_table
+
+    records = bench(args.models, runtimes=args.runtime or ["torch"], batch_sizes=args.batch_size or [1],
+                    seq_lens=args.seq_len or [128], threads=args.threads, repeats=args.repeats,
+                    warmup=args.warmup, max_seconds=args.max_seconds, json_path=args.json,
+                    plot_path=args.plot)
+    print(format_table(records))
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX (optionally int8), checked against PyTorch")
+    p.add_argument("--model", required=True, help="model folder, config.json, hub name or preset")
+    p.add_argument("--format", default="onnx", choices=("onnx",))
+    p.add_argument("--quantize", choices=("int8",), help="also write model_int8.onnx (dynamic quantization)")
+    p.add_argument("--output", required=True, help="folder for model.onnx, tokenizer and config")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--tolerance", type=float, default=1e-3, help="max abs diff allowed vs PyTorch (fp32)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args) -> None:
+    from bort.api import export
+
+    out = export(args.model, args.output, format=args.format, quantize=args.quantize, opset=args.opset,
+                 tolerance=args.tolerance)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return
+    sizes = ", ".join(f"{k} {v} MB" for k, v in out["sizes_mb"].items())
+    print(f"wrote {', '.join(out['files'].values())} ({sizes})")
+    for key in ("check", "check_int8"):
+        if key in out:
+            c = out[key]
+            print(f"{key}: max abs diff vs PyTorch {c['unpadded']:.2e} unpadded, {c['padded']:.2e} padded "
+                  f"(batch x seq {c['shape'][0]} x {c['shape'][1]})")
+    print(f"tokenizer: {out['tokenizer'] or 'none found; pass a model folder with tokenizer files'}")
+    if not out["pretrained_weights"]:
+        print("note: the model had no pretrained weights (random initialisation); fine for speed only")
+
+
+COMMANDS = [add_cost, add_pretrain, add_bench, add_export]
 
 
 def parser() -> argparse.ArgumentParser:

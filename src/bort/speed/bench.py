@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from bort.errors import BortError
-from bort.speed.latency import hardware_id, matmul_peak_gflops
+from bort.speed.latency import hardware_id, time_call
 from bort.speed.models import SpeedModel, example_inputs, input_names, resolve
 
 RUNTIMES = ("torch", "compile", "onnx", "onnx-int8")
@@ -34,19 +34,23 @@ def _gflops(flops: float, ms: float) -> float:
     return flops / (ms / 1000) / 1e9
 
 
-def _best_median(fn: Callable[[], object], flops: float, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return _gflops(flops, statistics.median(times))
+def _best_gflops(fn: Callable[[], object], flops: float, repeats: int) -> float:
+    return _gflops(flops, statistics.median(time_call(fn, repeats, warmup=1)))
 
 
 def torch_gemm_peak(threads: int, sizes: Iterable[int] = GEMM_SIZES, repeats: int = 5) -> float:
     """Best median GFLOP/s of fp32 square matrix products in PyTorch over a few sizes."""
-    return max(matmul_peak_gflops(n, repeats, threads) for n in sizes)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        best = 0.0
+        for n in sizes:
+            a, b = torch.randn(n, n), torch.randn(n, n)
+            with torch.inference_mode():
+                best = max(best, _best_gflops(lambda a=a, b=b: a @ b, 2 * n**3, repeats))
+        return best
+    finally:
+        torch.set_num_threads(previous)
 
 
 def ort_gemm_peak(threads: int, sizes: Iterable[int] = GEMM_SIZES, repeats: int = 5) -> float:
@@ -67,7 +71,7 @@ def ort_gemm_peak(threads: int, sizes: Iterable[int] = GEMM_SIZES, repeats: int 
             onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
             session = ort_session(path, threads)
             feed = {x: np.random.default_rng(0).standard_normal((n, n), dtype=np.float32) for x in "ab"}
-            best = max(best, _best_median(lambda s=session, f=feed: s.run(None, f), 2 * n**3, repeats))
+            best = max(best, _best_gflops(lambda s=session, f=feed: s.run(None, f), 2 * n**3, repeats))
     return best
 
 
