@@ -77,6 +77,7 @@ def test_bench_tiny_configs(tmp_path):
                     "effective_params", "ops", "gflops", "peak_fraction"):
             assert r[key] is not None, key
         assert r["p90_ms"] >= r["median_ms"] > 0 and r["peak_fraction"] > 0 and r["runs"] == 2
+        assert len(r["load_average"]) == 2 and r["threads"] == 1
     first = [r for r in records if r["model"] == "first"]
     assert all(r["speedup"] == 1.0 and r["params_ratio"] == 1.0 for r in first)
     wide_rec = next(r for r in records if r["model"] == "wide")

@@ -69,7 +69,7 @@ def ort_gemm_peak(threads: int, sizes: Iterable[int] = GEMM_SIZES, repeats: int 
                 [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
             path = Path(tmp) / f"gemm{n}.onnx"
             onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-            session = ort_session(path, threads)
+            session = ort_session(path, threads, spinning=False)
             feed = {x: np.random.default_rng(0).standard_normal((n, n), dtype=np.float32) for x in "ab"}
             best = max(best, _best_gflops(lambda s=session, f=feed: s.run(None, f), 2 * n**3, repeats))
     return best
@@ -93,7 +93,7 @@ def _engine(model: SpeedModel, runtime: str, threads: int, onnx_dir: Path,
         return module if runtime == "torch" else torch.compile(module, dynamic=False)
     from bort.speed.export import cached_export, ort_session
 
-    return ort_session(cached_export(model, onnx_dir, int8=runtime == "onnx-int8"), threads)
+    return ort_session(cached_export(model, onnx_dir, int8=runtime == "onnx-int8"), threads, spinning=False)
 
 
 def _call(cell: _Cell, batch_size: int, seq_len: int) -> Callable[[], object]:
@@ -156,6 +156,7 @@ def _run(specs: list[SpeedModel], runtimes: Sequence[str], batch_sizes: Sequence
     from tqdm.auto import tqdm
 
     use_ort = any(r.startswith("onnx") for r in runtimes)
+    load_start = _load()
     peaks = {"torch": [torch_gemm_peak(threads)], "onnxruntime": [ort_gemm_peak(threads)] if use_ort else []}
     modules: dict[str, torch.nn.Module] = {}
     cells = []
@@ -200,6 +201,8 @@ def _run(specs: list[SpeedModel], runtimes: Sequence[str], batch_sizes: Sequence
     if use_ort:
         peaks["onnxruntime"].append(ort_gemm_peak(threads))
     records = _records(timed, threads, {k: max(v) for k, v in peaks.items() if v})
+    for record in records:
+        record["load_average"] = [load_start, _load()]
     if json_path:
         import json
 
@@ -208,6 +211,14 @@ def _run(specs: list[SpeedModel], runtimes: Sequence[str], batch_sizes: Sequence
     if plot_path:
         plot(records, plot_path)
     return records
+
+
+def _load() -> float | None:
+    """1-minute load average: other processes on the machine distort every figure (see format_table)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _records(timed: dict[tuple[int, int], list[_Cell]], threads: int,
@@ -261,8 +272,13 @@ def format_table(records: list[dict[str, Any]]) -> str:
     first = records[0]["model"]
     lines = [f"hardware: {head['hardware']} | {head['threads']} threads",
              f"measured fp32 GEMM peak (GFLOP/s): {peaks}; peak used: {head['peak_gflops']:.0f}",
-             f"speedup: vs {first} in the same runtime; vs eager: vs {first} in PyTorch eager",
-             ""]
+             f"speedup: vs {first} in the same runtime; vs eager: vs {first} in PyTorch eager"]
+    load = (head.get("load_average") or [None])[0]
+    if load is not None and load > max(0.5, (os.cpu_count() or 1) - head["threads"] + 0.5):
+        lines.append(f"WARNING: the machine was busy when the run started (1-min load {load} on "
+                     f"{os.cpu_count()} cpus); other processes distort these figures: "
+                     "rerun on a quiet machine")
+    lines.append("")
     columns = ("model", "runtime", "batch", "seq", "median ms", "p90 ms", "seq/s", "params M", "eff M",
                "GFLOP", "GFLOP/s", "% peak", "speedup", "vs eager")
     rows = []

@@ -43,12 +43,18 @@ def require_onnx() -> None:
         raise BortError(f"ONNX support needs {', '.join(missing)}; install with: {INSTALL_HINT}")
 
 
-def ort_session(path: str | os.PathLike, threads: int | None = None):
-    """An onnxruntime CPU session with all graph optimisations and a fixed thread count."""
+def ort_session(path: str | os.PathLike, threads: int | None = None, spinning: bool = True):
+    """An onnxruntime CPU session with all graph optimisations and a fixed thread count.
+
+    `spinning=False` stops idle worker threads from busy-waiting after a run: needed when runs of
+    other models or runtimes are interleaved with this one, which the spinning would slow down.
+    """
     require_onnx()
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
