@@ -56,12 +56,24 @@ def test_exported_folder_runs_with_onnxruntime_alone(exported):
     assert report["check"] == exported["check"] and report["model"] == "tiny"
 
 
-def test_export_keeps_classification_head(tmp_path):
+def test_export_keeps_classification_head_and_measures_dev_accuracy(tmp_path):
     torch.manual_seed(0)
-    BertForSequenceClassification(BertConfig(**TINY, num_labels=3)).save_pretrained(str(tmp_path / "clf"))
-    out = export(tmp_path / "clf", tmp_path / "onnx", threads=1)
+    config = BertConfig(**TINY, num_labels=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    BertForSequenceClassification(config).save_pretrained(str(tmp_path / "clf"))
+    words = ["good", "bad", "fine", "awful", "great", "poor", "nice", "dull"]
+    rows = [f"{' '.join(words[(i * 3 + j) % 8] for j in range(1 + i % 7))}\t{('neg', 'pos', 1)[i % 3]}"
+            for i in range(40)]
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    out = export(tmp_path / "clf", tmp_path / "onnx", quantize="int8", threads=1,
+                 dev_file=tmp_path / "dev.tsv")
     assert out["outputs"] == ["logits"] and out["pretrained_weights"]
     assert out["check"]["max_abs_diff"] < 1e-4 and out["check"]["padded_argmax_agreement"] == 1.0
+    dev = out["dev"]
+    assert dev["examples"] == 40 and set(dev["accuracy"]) == {"torch", "onnx", "onnx_int8"}
+    assert dev["accuracy"]["onnx"] == dev["accuracy"]["torch"]  # fp32 ONNX makes the same decisions
+    assert dev["int8_change"] == dev["accuracy"]["onnx_int8"] - dev["accuracy"]["onnx"]
+    with pytest.raises(BortError, match="sequence-classification head"):
+        export(_config(tmp_path / "bare"), tmp_path / "x", dev_file=tmp_path / "dev.tsv")
 
 
 def test_bench_tiny_configs(tmp_path):
@@ -115,3 +127,10 @@ def test_missing_onnxruntime_gives_install_hint(monkeypatch, tmp_path, capsys):
 def test_sequence_longer_than_positions(tmp_path):
     with pytest.raises(BortError, match="exceeds the maximum"):
         bench([_config(tmp_path / "t")], seq_lens=[65])
+
+
+def test_cli_export_prints_the_check(tmp_path, capsys):
+    assert main(["export", "--model", _config(tmp_path / "cli"), "--output", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "max abs diff vs PyTorch" in printed and "random initialisation" in printed
+    assert (tmp_path / "out" / "model.onnx").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()

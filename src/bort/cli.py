@@ -135,6 +135,9 @@ def add_export(sub) -> None:
     p.add_argument("--output", required=True, help="folder for model.onnx, tokenizer and config")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--tolerance", type=float, default=1e-3, help="max abs diff allowed vs PyTorch (fp32)")
+    p.add_argument("--dev", metavar="FILE",
+                   help="labelled dev file (.tsv/.csv/.jsonl): accuracy of a fine-tuned classifier "
+                        "in PyTorch, ONNX and int8")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=run_export)
 
@@ -143,7 +146,7 @@ def run_export(args) -> None:
     from bort.api import export
 
     out = export(args.model, args.output, format=args.format, quantize=args.quantize, opset=args.opset,
-                 tolerance=args.tolerance)
+                 tolerance=args.tolerance, dev_file=args.dev)
     if args.json:
         print(json.dumps(out, indent=1))
         return
@@ -155,6 +158,10 @@ def run_export(args) -> None:
             print(f"{key}: max abs diff vs PyTorch {c['unpadded']:.2e} unpadded, {c['padded']:.2e} padded "
                   f"(batch x seq {c['shape'][0]} x {c['shape'][1]})")
     print(f"tokenizer: {out['tokenizer'] or 'none found; pass a model folder with tokenizer files'}")
+    if "dev" in out:
+        accuracy = ", ".join(f"{k} {v:.4f}" for k, v in out["dev"]["accuracy"].items())
+        change = f"; int8 change {out['dev']['int8_change']:+.4f}" if "int8_change" in out["dev"] else ""
+        print(f"dev accuracy on {out['dev']['examples']} examples: {accuracy}{change}")
     if not out["pretrained_weights"]:
         print("note: the model had no pretrained weights (random initialisation); fine for speed only")
 

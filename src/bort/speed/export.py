@@ -169,14 +169,71 @@ def _save_tokenizer(model: SpeedModel, output: Path) -> str | None:
     return source
 
 
+# Text columns of GLUE/SuperGLUE-style files, most specific first; the label column is `label`.
+TEXT_COLUMNS = (("sentence1", "sentence2"), ("question1", "question2"), ("premise", "hypothesis"),
+                ("question", "sentence"), ("sentence",), ("text",))
+
+
+def read_labelled(path: str | os.PathLike) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Texts and labels of a .tsv (GLUE: header, no quoting), .csv or .jsonl file with a `label` column."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise BortError(f"dev file {path} does not exist")
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in f if line.strip()]
+        else:
+            tsv = path.suffix == ".tsv"
+            rows = list(csv.DictReader(f, delimiter="\t" if tsv else ",",
+                                       quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL))
+    columns = next((c for c in TEXT_COLUMNS if rows and all(k in rows[0] for k in c)), None)
+    if columns is None or "label" not in rows[0]:
+        raise BortError(f"dev file {path} needs a `label` column and text columns, one of: "
+                        f"{'; '.join(','.join(c) for c in TEXT_COLUMNS)}")
+    return [tuple(str(r[c]) for c in columns) for r in rows], [str(r["label"]) for r in rows]
+
+
+def dev_accuracy(module: torch.nn.Module, sessions: dict[str, Any], model: SpeedModel, tokenizer: Any,
+                 dev_file: str | os.PathLike, batch_size: int = 32, max_len: int = 128) -> dict[str, Any]:
+    """Accuracy of the PyTorch classifier and of each ONNX session on a labelled dev file.
+
+    This is what decides whether int8 is acceptable: output differences alone do not say it.
+    """
+    texts, labels = read_labelled(dev_file)
+    label2id = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
+    try:
+        gold = np.array([label2id[y] if y in label2id else int(float(y)) for y in labels])
+    except ValueError:
+        raise BortError(f"labels of {dev_file} ({sorted(set(labels))[:4]}) are not in the model's label2id "
+                        f"{label2id}; save the fine-tuned model with its label names") from None
+    names = input_names(model.config)
+    predictions: dict[str, list[np.ndarray]] = {"torch": [], **{k: [] for k in sessions}}
+    for start in range(0, len(texts), batch_size):
+        chunk = list(zip(*texts[start:start + batch_size], strict=True))
+        batch = tokenizer(*chunk, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        batch = {n: batch[n] if n in batch else torch.zeros_like(batch["input_ids"]) for n in names}
+        with torch.inference_mode():
+            predictions["torch"].append(module(**batch)["logits"].argmax(-1).numpy())
+        for key, session in sessions.items():
+            predictions[key].append(session.run(["logits"], {n: t.numpy() for n, t in batch.items()})[0]
+                                    .argmax(-1))
+    accuracy = {k: float((np.concatenate(v) == gold).mean()) for k, v in predictions.items()}
+    out: dict[str, Any] = {"file": str(dev_file), "examples": len(texts), "accuracy": accuracy}
+    if "onnx_int8" in accuracy:
+        out["int8_change"] = accuracy["onnx_int8"] - accuracy["onnx"]
+    return out
+
+
 def export(model: str | os.PathLike, output: str | os.PathLike, format: str = "onnx",
            quantize: str | None = None, opset: int = 18, tolerance: float = 1e-3,
-           threads: int | None = None) -> dict[str, Any]:
+           threads: int | None = None, dev_file: str | os.PathLike | None = None) -> dict[str, Any]:
     """Export `model` to `output` (model.onnx, optional model_int8.onnx, tokenizer, config) and check it.
 
     Returns a report with the files written and the max abs difference vs PyTorch on padded and
     unpadded inputs; fp32 beyond `tolerance` is an error, int8 differences are reported (they are
-    expected to be larger; judge them by task accuracy).
+    expected to be larger; judge them by task accuracy: give a fine-tuned classifier and `dev_file`).
     """
     if format not in FORMATS:
         raise BortError(f"unknown export format '{format}'; known: {', '.join(FORMATS)}")
@@ -184,6 +241,9 @@ def export(model: str | os.PathLike, output: str | os.PathLike, format: str = "o
         raise BortError(f"unknown quantization '{quantize}'; known: {', '.join(QUANTIZATIONS)}")
     require_onnx()
     spec = resolve(model)
+    if dev_file is not None and not spec.classifier:
+        raise BortError(f"a dev-set check needs a model fine-tuned with a sequence-classification head; "
+                        f"'{spec.label}' has none")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     module = spec.build(head=True)
@@ -192,16 +252,25 @@ def export(model: str | os.PathLike, output: str | os.PathLike, format: str = "o
                               "pretrained_weights": spec.weights is not None,
                               "inputs": input_names(spec.config),
                               "outputs": output_names(module), "files": {"onnx": str(fp32)}, "opset": opset}
-    report["check"] = compare(module, ort_session(fp32, threads), spec)
+    sessions = {"onnx": ort_session(fp32, threads)}
+    report["check"] = compare(module, sessions["onnx"], spec)
     if report["check"]["max_abs_diff"] > tolerance:
         raise BortError(f"ONNX output differs from PyTorch by {report['check']['max_abs_diff']:.2e} "
                         f"(> tolerance {tolerance:g}); the export of '{spec.label}' is not faithful")
     if quantize == "int8":
         int8 = quantize_int8(fp32, out / "model_int8.onnx")
         report["files"]["onnx_int8"] = str(int8)
-        report["check_int8"] = compare(module, ort_session(int8, threads), spec)
+        sessions["onnx_int8"] = ort_session(int8, threads)
+        report["check_int8"] = compare(module, sessions["onnx_int8"], spec)
     spec.config.save_pretrained(str(out))
     report["tokenizer"] = _save_tokenizer(spec, out)
+    if dev_file is not None:
+        if report["tokenizer"] is None:
+            raise BortError(f"'{spec.label}' has no tokenizer to read {dev_file} with")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(out))
+        report["dev"] = dev_accuracy(module, sessions, spec, tokenizer, dev_file)
     report["sizes_mb"] = {k: round(_size(Path(p)) / 2**20, 2) for k, p in report["files"].items()}
     (out / "export_report.json").write_text(json.dumps(report, indent=2))
     return report

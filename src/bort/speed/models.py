@@ -56,15 +56,15 @@ class SpeedModel:
 
     def tokenizer_source(self) -> str | None:
         """Where a tokenizer for this model can be loaded from (the BERT WordPiece for BERT-vocab configs)."""
-        if self.weights is not None:
-            return self.weights
-        folder = Path(self.source).parent if Path(self.source).is_file() else Path(self.source)
+        if self.weights is not None and not Path(self.weights).is_dir():
+            return self.weights  # hub name
+        folder = Path(self.weights or self.source)
+        folder = folder.parent if folder.is_file() else folder
         if folder.is_dir() and (any(folder.glob("tokenizer*")) or (folder / "vocab.txt").is_file()):
             return str(folder)
         if self.config.model_type == "bert" and self.config.vocab_size == 30522:
             return default_source()  # the embedded MiniLM ships the bert-base-uncased WordPiece
         return None
-
 
 def _label(source: str) -> str:
     path = Path(source)
