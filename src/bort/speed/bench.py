@@ -105,13 +105,15 @@ def _call(cell: _Cell, batch_size: int, seq_len: int) -> Callable[[], object]:
 
 
 def _check(models: Sequence[str], runtimes: Sequence[str], batch_sizes: Sequence[int],
-           seq_lens: Sequence[int]) -> None:
+           seq_lens: Sequence[int], repeats: int) -> None:
+    if repeats < 1:
+        raise BortError(f"--repeats must be at least 1, got {repeats}")
     if not models:
         raise BortError("name at least one model (a folder, config.json, hub name or preset)")
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
         raise BortError(f"unknown runtime '{unknown[0]}'; known runtimes: {', '.join(RUNTIMES)}")
-    if not runtimes or not batch_sizes or not seq_lens or min(*batch_sizes, *seq_lens) < 1:
+    if not runtimes or not batch_sizes or not seq_lens or min([*batch_sizes, *seq_lens]) < 1:
         raise BortError("runtimes, batch sizes and sequence lengths must be non-empty, sizes positive")
     if any(r.startswith("onnx") for r in runtimes):
         from bort.speed.export import require_onnx
@@ -129,7 +131,9 @@ def bench(models: Sequence[str | os.PathLike], runtimes: Sequence[str] = ("torch
     `max_seconds` caps the timed time of one cell at one shape (at least 3 runs are kept), so a
     benchmark with BERT-large at batch 32 x 512 still finishes.
     """
-    _check([str(m) for m in models], runtimes, batch_sizes, seq_lens)
+    _check([str(m) for m in models], runtimes, batch_sizes, seq_lens, repeats)
+    if "compile" in runtimes:
+        warmup = max(warmup, 1)  # the first call of a compiled model compiles it: never time that
     specs = [resolve(m) for m in models]
     labels = [s.label for s in specs]
     for spec, count in ((s, labels.count(s.label)) for s in specs):
