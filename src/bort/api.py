@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from bort.extraction import ExtractionResult, extract
 from bort.families import Family, get_family, parse_arch
+
+__all__ = ["ExtractionResult", "cost", "extract", "resolve_family"]
 
 
 def resolve_family(family: str | Family = "bert", source: str | os.PathLike | None = None) -> Family:

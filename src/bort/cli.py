@@ -39,6 +39,50 @@ def run_cost(args) -> None:
         print(f"{key:>17}: {value:,}" if isinstance(value, int) else f"{key:>17}: {value}")
 
 
+def add_extract(sub) -> None:
+    p = sub.add_parser("extract", help="find the optimal sub-architecture of a source model (the FPTAS)")
+    p.add_argument("--family", default="bert", help="network family (default: bert)")
+    p.add_argument("--source", help="model folder, config.json, hub name or preset (default: embedded MiniLM)")
+    p.add_argument("--teacher", help="model that defines the surrogate error (default: the source)")
+    p.add_argument("--corpus", action="append", help="text file or folder; repeatable (default: Python's docs)")
+    p.add_argument("--space", default="default", help="'default', 'bort-paper', or a JSON/YAML file")
+    p.add_argument("--epsilon", type=float, default=0.2, help="approximation parameter; n(ε) = ceil(8/ε) steps")
+    p.add_argument("--steps", type=int, help="override n(ε), the surrogate steps of a finalist")
+    p.add_argument("--theta", help="Θ: 'lr=1e-3;lr=3e-3' or a JSON/YAML list (default: those two)")
+    p.add_argument("--batch-size", type=int, default=8, help="surrogate training batch size |B|")
+    p.add_argument("--seq-len", type=int, default=64, help="surrogate training sequence length")
+    p.add_argument("--speed", choices=["ops", "measured"], default="ops", help="i(ξ): operation count or latency")
+    p.add_argument("--latency-batch-size", type=int, default=1, help="reference shape of i(ξ)")
+    p.add_argument("--latency-seq-len", type=int, default=128, help="reference shape of i(ξ)")
+    p.add_argument("--max-params", type=float, help="constraint: total parameters")
+    p.add_argument("--max-effective-params", type=float, help="constraint: parameters without embeddings")
+    p.add_argument("--max-latency-ms", type=float, help="constraint: measured latency at the reference shape")
+    p.add_argument("--no-halving", action="store_true", help="train every candidate for n(ε) (the paper's schedule)")
+    p.add_argument("--hidden-loss", choices=["cosine", "mse"], default="cosine",
+                   help="hidden-state distance for teachers without an MLM head")
+    p.add_argument("--output", help="results folder (default: runs/extract-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --output")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_extract)
+
+
+def run_extract(args) -> None:
+    from bort.api import extract
+
+    def as_int(value: float | None) -> int | None:
+        return None if value is None else int(value)
+
+    extract(source=args.source, teacher=args.teacher, corpus=args.corpus, space=args.space, family=args.family,
+            epsilon=args.epsilon, steps=args.steps, thetas=args.theta, batch_size=args.batch_size,
+            seq_len=args.seq_len, speed=args.speed, latency_batch_size=args.latency_batch_size,
+            latency_seq_len=args.latency_seq_len, max_params=as_int(args.max_params),
+            max_effective_params=as_int(args.max_effective_params), max_latency_ms=args.max_latency_ms,
+            output=args.output, resume=args.resume, overwrite=args.overwrite, seed=args.seed,
+            halving=not args.no_halving, hidden_loss=args.hidden_loss, progress=not args.quiet)
+
+
 def add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="distil a chosen architecture from the teacher (Bort step 2)")
     p.add_argument("--arch", required=True,
@@ -166,7 +210,7 @@ def run_export(args) -> None:
         print("note: the model had no pretrained weights (random initialisation); fine for speed only")
 
 
-COMMANDS = [add_cost, add_pretrain, add_bench, add_export]
+COMMANDS = [add_cost, add_extract, add_pretrain, add_bench, add_export]
 
 
 def parser() -> argparse.ArgumentParser:

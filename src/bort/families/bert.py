@@ -85,10 +85,10 @@ class BertFamily:
         return (c.num_hidden_layers, c.num_attention_heads, c.hidden_size, c.intermediate_size)
 
     def default_space(self) -> dict[str, list[int]]:
-        """Fractions of the source: depth 1/3..1, heads and width 1/2..1, feed-forward 1/8..1."""
+        """Fractions of the source: depth 1/3..2/3, heads 1/2 and 1, width 1/2..1, feed-forward 1/8..1/2."""
         D, A, H, I = self.maximum()
         depth = sorted({max(1, round(D * f)) for f in (1 / 3, 1 / 2, 2 / 3)})
-        heads = sorted({max(1, A // 4), max(1, A // 2), A})
+        heads = sorted({max(1, A // 2), A})
         hidden = sorted({h for h in (H // 2, (3 * H) // 4, H) if h % 32 == 0} or {H})
         inter = sorted({max(1, I // 8), max(1, I // 4), I // 2})
         return {"D": depth, "A": heads, "H": hidden, "I": inter}
@@ -126,17 +126,24 @@ class BertFamily:
         return Cost(params=params, effective_params=params - embeddings,
                     ops=self._ops(arch, batch_size, seq_len))
 
+    def matmul_ops(self, arch: Arch, batch_size: int, seq_len: int) -> int:
+        """FLOPs of the matrix products alone (2 per multiply-add): what a FLOP counter sees."""
+        D, A, H, I = arch
+        tokens = batch_size * seq_len
+        projections = 2 * tokens * (4 * H * H + 2 * H * I)  # Q, K, V, output; two feed-forward matrices
+        attention = 2 * 2 * batch_size * seq_len * seq_len * H  # scores and weighted sum over all heads
+        pooler = 2 * batch_size * H * H  # dense layer on [CLS]
+        return D * (projections + attention) + pooler
+
     def _ops(self, arch: Arch, batch_size: int, seq_len: int) -> int:
-        """FLOPs of one forward pass: 2 per multiply-add plus elementwise work, summed over layers."""
+        """FLOPs of one forward pass: the matrix products plus elementwise work, summed over layers."""
         D, A, H, I = arch
         tokens = batch_size * seq_len
         embeddings = tokens * (2 * H + LAYERNORM_OPS * H)  # two additions, one LayerNorm
-        projections = 2 * tokens * (4 * H * H + 2 * H * I)  # Q, K, V, output; two feed-forward matrices
-        attention = 2 * 2 * batch_size * seq_len * seq_len * H  # scores and weighted sum over all heads
         softmax = batch_size * A * seq_len * seq_len * (SOFTMAX_OPS + 1)  # +1: scale by 1/sqrt(d)
         elementwise = tokens * (4 * H + I + 2 * H + 2 * LAYERNORM_OPS * H + GELU_OPS * I)  # biases, residuals
-        pooler = batch_size * (2 * H * H + H + H)  # dense + bias + tanh on [CLS]
-        return embeddings + D * (projections + attention + softmax + elementwise) + pooler
+        pooler = batch_size * 2 * H  # bias and tanh on [CLS]
+        return self.matmul_ops(arch, batch_size, seq_len) + embeddings + D * (softmax + elementwise) + pooler
 
     @property
     def max_seq_len(self) -> int:

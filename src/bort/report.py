@@ -1,0 +1,91 @@
+"""Tables, CSV, JSON and plots of a search: what users read after `bort extract`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bort.search.fptas import Candidate
+
+CANDIDATE_COLUMNS = ("params", "effective_params", "ops", "latency_ms", "surrogate_error", "W", "pareto",
+                     "steps", "theta")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def candidate_row(c: Candidate, names: Sequence[str]) -> dict[str, Any]:
+    row: dict[str, Any] = dict(zip(names, c.arch, strict=True))
+    row.update(params=c.params, effective_params=c.effective_params, ops=c.ops,
+               latency_ms="" if c.latency_ms is None else round(c.latency_ms, 3),
+               surrogate_error=None if c.error is None else round(c.error, 6),
+               W=None if c.W is None else round(c.W, 6), pareto=str(c.pareto).lower(), steps=c.steps, theta=c.theta)
+    return row
+
+
+def write_candidates_csv(path: Path, candidates: Sequence[Candidate], names: Sequence[str]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*names, *CANDIDATE_COLUMNS])
+        writer.writeheader()
+        for c in sorted(candidates, key=lambda c: (-(c.W or 0), c.arch)):
+            writer.writerow(candidate_row(c, names))
+    os.replace(tmp, path)
+
+
+def plot_pareto(path: Path, candidates: Sequence[Candidate], chosen: Candidate, constrained: Candidate | None,
+                measured: bool) -> None:
+    """Surrogate error against size and against speed; the front joined, the choice marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    speed_axis = ("latency_ms", "latency (ms)", 1) if measured else ("ops", "GFLOPs / forward", 1e9)
+    axes_spec = [("params", "parameters (M)", 1e6), speed_axis]
+    for ax, (attr, label, scale) in zip(axes, axes_spec, strict=True):
+        xs = [getattr(c, attr) / scale for c in candidates]
+        ys = [c.error for c in candidates]
+        colours = ["tab:blue" if c.pareto else "lightgray" for c in candidates]
+        ax.scatter(xs, ys, c=colours, s=18, label="candidates (blue: Pareto front)")
+        ax.scatter([getattr(chosen, attr) / scale], [chosen.error], marker="*", s=220, c="tab:red",
+                   label=f"W-optimal {','.join(map(str, chosen.arch))}")
+        if constrained is not None and constrained is not chosen:
+            ax.scatter([getattr(constrained, attr) / scale], [constrained.error], marker="D", s=80, c="tab:green",
+                       label=f"constrained {','.join(map(str, constrained.arch))}")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("surrogate error ê")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("bort extract: candidates, Pareto front over (params, speed, ê) and the choice")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def human(n: float) -> str:
+    """12_345_678 -> '12.3M': readable sizes from 40 parameters (the toy) to 335M (BERT-large)."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.{1 if abs(n) >= 10 * scale else 2}f}{suffix}"
+    return str(int(n))
+
+
+def format_table(rows: Sequence[Candidate], names: Sequence[str], maximum: Candidate, measured: bool) -> str:
+    """A short fixed-width table: architecture, sizes and speed relative to the maximum point, ê, W."""
+    speed = "latency" if measured else "ops"
+    header = f"{','.join(names):>18} {'params':>9} {'eff.':>9} {speed + '/T':>9} {'ê':>8} {'W':>8}"
+    lines = [header, "-" * len(header)]
+    for c in rows:
+        ratio = c.speed(measured) / maximum.speed(measured)
+        lines.append(f"{','.join(map(str, c.arch)):>18} {human(c.params):>9} {human(c.effective_params):>9} "
+                     f"{ratio:>9.3f} {c.error:>8.4f} {c.W:>8.4f}")
+    return "\n".join(lines)

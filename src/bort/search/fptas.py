@@ -1,0 +1,226 @@
+"""The FPTAS for optimal subarchitecture extraction (de Wynter 2020), with successive halving.
+
+1. Enumerate the space Ξ, drop invalid points (counting why) and compute the exact, cheap p(ξ) and i(ξ).
+2. Keep Ξ': the candidates the maximum point T strictly dominates on p and i (the others have W <= 0).
+3. Train every (candidate, θ) arm for a bounded budget and measure its surrogate error ê(ξ).
+4. W(ξ) = [(p(T) - p(ξ)) / p(T)] * [(i(T) - i(ξ)) / i(T)] / ê(ξ), best over Θ; choose the maximum.
+
+The per-candidate budget is n(ε) = ceil(STEPS_PER_INVERSE_EPSILON / ε) steps. The paper trains every
+arm for n(ε) steps, O(|Ξ| + |Ξ'||Θ| n(ε) |B|) in all. By default we add successive halving: all arms
+get n/η^k steps, the best 1/η by W go on to η times more, until the survivors get the full n(ε). Arms
+are retrained from scratch at each rung with the same seed, so an arm's ê depends only on (arch, θ,
+steps, seed): that is what makes a resumed or multi-process run give exactly an uninterrupted run's
+results. `halving=False` gives the paper's plain schedule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from bort.errors import BortError
+from bort.families.base import Arch, Family
+from bort.search.pareto import pareto_mask
+from bort.search.store import Evaluation, ResultsStore
+
+STEPS_PER_INVERSE_EPSILON = 8
+MIN_RUNG_STEPS = 4
+
+
+def steps_for_epsilon(epsilon: float) -> int:
+    """n(ε): the surrogate budget of a finalist, linear (so polynomial) in 1/ε."""
+    if not 0 < epsilon < 1:
+        raise BortError(f"--epsilon must lie in (0, 1), got {epsilon}")
+    return math.ceil(STEPS_PER_INVERSE_EPSILON / epsilon)
+
+
+def rung_schedule(steps: int, arms: int, eta: int = 3, halving: bool = True) -> list[tuple[int, int]]:
+    """[(steps, arms)] per rung, cheapest first; the last rung trains its arms for the full `steps`.
+
+    Rungs are added while the cheapest one still gets MIN_RUNG_STEPS steps and the last keeps >= η arms.
+    """
+    levels = 1
+    if halving:
+        while math.ceil(steps / eta**levels) >= MIN_RUNG_STEPS and math.ceil(arms / eta**levels) >= eta:
+            levels += 1
+    return [(math.ceil(steps / eta ** (levels - 1 - k)), math.ceil(arms / eta**k)) for k in range(levels)]
+
+
+def arm_seed(seed: int, arch: Arch, theta: int) -> int:
+    digest = hashlib.sha256(f"{seed}|{','.join(map(str, arch))}|{theta}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+@dataclass
+class Constraints:
+    max_params: int | None = None
+    max_effective_params: int | None = None
+    max_latency_ms: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.max_params, self.max_effective_params, self.max_latency_ms))
+
+    def allows(self, c: Candidate) -> bool:
+        if self.max_params is not None and c.params > self.max_params:
+            return False
+        if self.max_effective_params is not None and c.effective_params > self.max_effective_params:
+            return False
+        return self.max_latency_ms is None or (c.latency_ms is not None and c.latency_ms <= self.max_latency_ms)
+
+
+@dataclass(eq=False)
+class Candidate:
+    arch: Arch
+    params: int
+    effective_params: int
+    ops: int
+    latency_ms: float | None = None
+    error: float | None = None  # best ê over Θ at the highest rung this candidate reached
+    steps: int = 0  # that rung's budget
+    theta: int | None = None  # index of the best Θ entry
+    W: float | None = None
+    pareto: bool = False
+
+    def speed(self, measured: bool) -> float:
+        return self.latency_ms if measured else self.ops
+
+
+@dataclass
+class SearchResult:
+    candidates: list[Candidate]  # every candidate that was trained at least once
+    maximum: Candidate
+    chosen: Candidate  # W-optimal among the finalists (trained for n(ε) steps)
+    constrained: Candidate | None  # W-optimal among finalists that satisfy the constraints
+    space_size: int
+    invalid: dict[str, int]
+    dominated_out: int  # valid points T does not strictly dominate (W <= 0)
+    rungs: list[tuple[int, int]]
+    steps: int  # n(ε)
+    planned_steps: int
+    trained_steps: int  # steps actually run by this invocation (0 for a fully resumed run)
+    seconds: float
+    finalists: list[Candidate] = field(default_factory=list)
+
+
+def w_coefficient(c: Candidate, t: Candidate, measured: bool, error: float) -> float:
+    size = (t.params - c.params) / t.params
+    speed = (t.speed(measured) - c.speed(measured)) / t.speed(measured)
+    return size * speed / error
+
+
+class FPTAS:
+    """One extraction search: the space, the surrogate, Θ and ε, over a results store."""
+
+    def __init__(self, family: Family, points: Sequence[Arch], surrogate: Callable[..., float],
+                 thetas: Sequence[Mapping[str, float]], epsilon: float = 0.2, steps: int | None = None,
+                 measured_speed: bool = False, latency: Callable[[Arch], float] | None = None,
+                 latency_batch_size: int = 1, latency_seq_len: int = 128, constraints: Constraints | None = None,
+                 halving: bool = True, eta: int = 3, seed: int = 0):
+        if not thetas:
+            raise BortError("Θ is empty; give at least one set of training hyperparameters")
+        self.family, self.surrogate, self.thetas = family, surrogate, list(thetas)
+        self.steps = steps if steps is not None else steps_for_epsilon(epsilon)
+        if self.steps < 1:
+            raise BortError(f"--steps must be at least 1, got {self.steps}")
+        self.measured, self.latency = measured_speed, latency
+        self.constraints = constraints or Constraints()
+        self.halving, self.eta, self.seed = halving, eta, seed
+        shape = (latency_batch_size, latency_seq_len)
+        needs_latency = measured_speed or self.constraints.max_latency_ms is not None
+        if needs_latency and latency is None:
+            raise BortError("measured speed or --max-latency-ms needs a latency function")
+
+        def candidate(arch: Arch) -> Candidate:
+            cost = family.cost(arch, *shape)
+            return Candidate(arch, cost.params, cost.effective_params, cost.ops,
+                             latency(arch) if needs_latency else None)
+
+        self.maximum = candidate(family.maximum())
+        everything = [candidate(a) for a in points]
+        self.pool = [c for c in everything if c.params < self.maximum.params and c.ops < self.maximum.ops
+                     and (not measured_speed or c.latency_ms < self.maximum.latency_ms)]
+        self.dominated_out = len(everything) - len(self.pool)
+        if not self.pool:
+            raise BortError("no candidate is smaller and cheaper than the maximum point; widen the space")
+        if self.constraints and not any(self.constraints.allows(c) for c in self.pool):
+            raise BortError("no candidate in the space satisfies the constraints; relax --max-params / "
+                            "--max-effective-params / --max-latency-ms or widen the space")
+        self.rungs = rung_schedule(self.steps, len(self.pool) * len(self.thetas), eta, halving)
+
+    @property
+    def planned_steps(self) -> int:
+        return sum(steps * arms for steps, arms in self.rungs)
+
+    def run(self, store: ResultsStore, progress=None, rank: int = 0, world_size: int = 1,
+            gather: Callable[[list], list] | None = None) -> SearchResult:
+        """Train the arms rung by rung; each process takes every `world_size`-th arm of a rung."""
+        start = time.perf_counter()
+        trained = 0
+        by_arch = {c.arch: c for c in self.pool}
+        arms = [(c.arch, t) for c in self.pool for t in range(len(self.thetas))]
+        done = store.evaluations()
+        results: dict[tuple[Arch, int], Evaluation] = {}
+        for level, (steps, _) in enumerate(self.rungs):
+            mine = [arm for i, arm in enumerate(arms) if i % world_size == rank]
+            new = []
+            for arch, theta in mine:
+                ev = done.get((arch, theta, steps))
+                if ev is None:
+                    t0 = time.perf_counter()
+                    error = float(self.surrogate(arch, self.thetas[theta], steps, arm_seed(self.seed, arch, theta)))
+                    if not math.isfinite(error) or error <= 0:
+                        raise BortError(f"surrogate error of {arch} with Θ[{theta}] is {error}; lower the learning "
+                                        "rate in Θ")
+                    ev = Evaluation(arch, theta, steps, error, time.perf_counter() - t0)
+                    store.add(ev)
+                    new.append(ev)
+                    trained += steps
+                if progress is not None:
+                    progress.update(steps)
+                    progress.set_postfix_str(f"rung {level + 1}/{len(self.rungs)} {','.join(map(str, arch))}")
+            for ev in gather(new) if gather is not None else new:
+                if rank == 0 and ev not in new and ev.key not in done:
+                    store.add(ev)  # process 0's file ends up holding the whole run
+                done[ev.key] = ev
+            for arch, theta in arms:
+                results[(arch, theta)] = done[(arch, theta, steps)]
+            if level + 1 < len(self.rungs):
+                arms = self._promote(arms, results, by_arch)
+        return self._result(results, arms, trained, time.perf_counter() - start)
+
+    def _arm_w(self, arm: tuple[Arch, int], results, by_arch) -> float:
+        return w_coefficient(by_arch[arm[0]], self.maximum, self.measured, results[arm].error)
+
+    def _promote(self, arms, results, by_arch) -> list[tuple[Arch, int]]:
+        """The best 1/η arms by W, plus the best 1/η of those that satisfy the constraints."""
+        ranked = sorted(arms, key=lambda a: (-self._arm_w(a, results, by_arch), a))
+        keep = ranked[:math.ceil(len(arms) / self.eta)]
+        if self.constraints:
+            feasible = [a for a in ranked if self.constraints.allows(by_arch[a[0]])]
+            keep += [a for a in feasible[:math.ceil(len(feasible) / self.eta)] if a not in keep]
+        return sorted(keep)
+
+    def _result(self, results, finalists, trained: int, seconds: float) -> SearchResult:
+        by_arch = {c.arch: c for c in self.pool}
+        final_steps = self.rungs[-1][0]
+        for (arch, theta), ev in results.items():
+            c = by_arch[arch]
+            if ev.steps > c.steps or (ev.steps == c.steps and (c.error is None or ev.error < c.error)):
+                c.error, c.steps, c.theta = ev.error, ev.steps, theta
+        evaluated = [c for c in self.pool if c.error is not None]
+        for c in evaluated:
+            c.W = w_coefficient(c, self.maximum, self.measured, c.error)
+        front = pareto_mask([(c.params, c.speed(self.measured), c.error) for c in evaluated])
+        for c, on_front in zip(evaluated, front, strict=True):
+            c.pareto = on_front
+        final = sorted({by_arch[a] for a, _ in finalists if by_arch[a].steps == final_steps},
+                       key=lambda c: (-c.W, c.arch))
+        feasible = [c for c in final if self.constraints.allows(c)] if self.constraints else []
+        return SearchResult(candidates=evaluated, maximum=self.maximum, chosen=final[0],
+                            constrained=feasible[0] if feasible else None, space_size=0, invalid={},
+                            dominated_out=self.dominated_out, rungs=self.rungs, steps=self.steps,
+                            planned_steps=self.planned_steps, trained_steps=trained, seconds=seconds,
+                            finalists=final)

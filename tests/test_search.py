@@ -1,0 +1,158 @@
+"""The FPTAS on tiny spaces: schedule, W, Pareto front, constraints, the store, resume and sharding."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bort.errors import BortError
+from bort.extraction import extract
+from bort.families import Space, get_family
+from bort.search.fptas import FPTAS, Candidate, Constraints, rung_schedule, steps_for_epsilon, w_coefficient
+from bort.search.pareto import pareto_mask
+from bort.search.store import Evaluation, ResultsStore
+from bort.search.surrogate import ToySurrogate
+
+MLP = get_family("mlp")
+POINTS = Space.of(MLP, MLP.default_space()).points(MLP)
+
+
+def test_steps_grow_polynomially_in_one_over_epsilon():
+    assert steps_for_epsilon(0.2) == 40
+    assert steps_for_epsilon(0.05) == 4 * steps_for_epsilon(0.2)
+    with pytest.raises(BortError, match="epsilon"):
+        steps_for_epsilon(1.5)
+
+
+def test_rung_schedule():
+    assert rung_schedule(40, 300) == [(5, 300), (14, 100), (40, 34)]
+    assert rung_schedule(40, 300, halving=False) == [(40, 300)]
+    assert rung_schedule(40, 2) == [(40, 2)]
+    assert rung_schedule(6, 300) == [(6, 300)]  # a cheaper rung would get fewer than 4 steps
+
+
+def test_w_coefficient_matches_the_definition():
+    t = Candidate((4,), params=100, effective_params=80, ops=1000)
+    c = Candidate((2,), params=40, effective_params=20, ops=250)
+    assert w_coefficient(c, t, measured=False, error=0.5) == pytest.approx(0.6 * 0.75 / 0.5)
+
+
+def test_pareto_mask():
+    assert pareto_mask([(1, 1, 3), (2, 2, 2), (3, 3, 3), (1, 1, 3)]) == [True, True, False, True]
+
+
+def make_search(**kwargs) -> FPTAS:
+    return FPTAS(MLP, POINTS, ToySurrogate(MLP), [{"lr": 3e-3}, {"lr": 1e-2}], epsilon=0.5, **kwargs)
+
+
+def test_search_chooses_the_best_finalist(tmp_path):
+    search = make_search()
+    result = search.run(ResultsStore(tmp_path))
+    assert result.chosen.steps == search.steps == 16
+    assert max(c.W for c in result.finalists) == result.chosen.W
+    assert len(result.candidates) == len(search.pool)
+    assert any(c.pareto for c in result.candidates)
+    assert result.trained_steps == search.planned_steps
+    # Resuming a finished run trains nothing and gives the same answer.
+    again = make_search().run(ResultsStore(tmp_path))
+    assert again.trained_steps == 0 and again.chosen.arch == result.chosen.arch
+
+
+def test_constraints_pick_a_feasible_finalist(tmp_path):
+    limit = sorted(c.params for c in make_search().pool)[2]
+    result = make_search(constraints=Constraints(max_params=limit)).run(ResultsStore(tmp_path))
+    assert result.constrained is not None and result.constrained.params <= limit
+    with pytest.raises(BortError, match="no candidate in the space satisfies"):
+        make_search(constraints=Constraints(max_params=1))
+
+
+def test_store_ignores_a_line_cut_short(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.open({"a": 1})
+    store.add(Evaluation((1, 2), 0, 4, 0.5, 1.0))
+    with open(store.path, "a") as f:
+        f.write('{"arch": [3, 4], "theta": 0, "ste')
+    assert list(store.evaluations()) == [((1, 2), 0, 4)]
+    with pytest.raises(BortError, match="already holds a run"):
+        ResultsStore(tmp_path).open({"a": 1})
+    with pytest.raises(BortError, match="settings differ.*a"):
+        ResultsStore(tmp_path).open({"a": 2}, resume=True)
+
+
+def test_interrupted_search_resumes_to_identical_results(tmp_path):
+    full = make_search().run(ResultsStore(tmp_path / "full"))
+
+    class Crash(Exception):
+        pass
+
+    calls = {"n": 0}
+    toy = ToySurrogate(MLP)
+
+    def crashing(*args):
+        calls["n"] += 1
+        if calls["n"] > 9:
+            raise Crash
+        return toy(*args)
+
+    with pytest.raises(Crash):
+        FPTAS(MLP, POINTS, crashing, [{"lr": 3e-3}, {"lr": 1e-2}], epsilon=0.5).run(ResultsStore(tmp_path / "cut"))
+    resumed = make_search().run(ResultsStore(tmp_path / "cut"))
+    assert resumed.trained_steps < full.trained_steps
+    assert [(c.arch, c.error, c.W) for c in resumed.candidates] == [(c.arch, c.error, c.W) for c in full.candidates]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bort.cli", *args]
+
+
+MLP_RUN = ("extract", "--family", "mlp", "--epsilon", "0.1", "--theta", "lr=3e-3;lr=1e-2", "--quiet")
+
+
+def test_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """Kill a real `bort extract` process midway, resume it, and compare with an uninterrupted run."""
+    subprocess.run(cli(*MLP_RUN, "--output", str(tmp_path / "full")), check=True, capture_output=True)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(cli(*MLP_RUN, "--output", str(cut)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        lines = (cut / "evaluations.jsonl").read_text().splitlines() if (cut / "evaluations.jsonl").exists() else []
+        if len(lines) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "result.json").exists(), "the run finished before it could be killed"
+    done = subprocess.run(cli(*MLP_RUN, "--output", str(cut)), capture_output=True, text=True)
+    assert done.returncode == 2 and "--resume" in done.stderr
+    subprocess.run(cli(*MLP_RUN, "--output", str(cut), "--resume"), check=True, capture_output=True)
+    assert read_csv(cut / "candidates.csv") == read_csv(tmp_path / "full" / "candidates.csv")
+    resumed, full = (json.loads((d / "result.json").read_text()) for d in (cut, tmp_path / "full"))
+    assert resumed["chosen"] == full["chosen"] and resumed["trained_steps"] < full["trained_steps"]
+
+
+def test_two_processes_share_the_candidates(tmp_path):
+    """torchrun with 2 CPU processes (gloo): candidates are split, gathered into one identical store."""
+    single = extract(family="mlp", epsilon=0.25, output=tmp_path / "one", progress=False, verbose=False,
+                     thetas="lr=3e-3")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "bort.cli",
+                          "extract", "--family", "mlp", "--epsilon", "0.25", "--theta", "lr=3e-3", "--quiet",
+                          "--output", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "two" / "evaluations.rank1.jsonl").exists()
+    main = (tmp_path / "two" / "evaluations.jsonl").read_text().splitlines()
+    assert len(main) == len((tmp_path / "one" / "evaluations.jsonl").read_text().splitlines())
+    assert read_csv(tmp_path / "two" / "candidates.csv") == read_csv(single.output / "candidates.csv")
