@@ -269,3 +269,13 @@ def test_two_process_cpu_run_with_gloo(corpus, tmp_path, token_cache):
     assert summary["processes"] == 2 and summary["batch_size"] == 4
     assert sorted(train_losses(out)) == [1, 2, 3, 4]
     AutoModelForMaskedLM.from_pretrained(out)
+
+
+def test_source_init_starts_closer_to_the_teacher_than_random(corpus, tmp_path):
+    start = {}
+    for init in ("random", "source"):
+        pretrain("2,6,192,768", tmp_path / init, corpus=[corpus], init=init, max_steps=1, eval_every=1, **FAST)
+        lines = [json.loads(line) for line in (tmp_path / init / "metrics.jsonl").read_text().splitlines()]
+        start[init] = next(r for r in lines if r["kind"] == "eval" and r["step"] == 0)
+    assert start["source"]["hidden"] < start["random"]["hidden"]
+    assert start["source"]["cosine"] > start["random"]["cosine"] + 0.2

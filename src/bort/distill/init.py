@@ -18,7 +18,9 @@ source <D', A', H', I'> (each value no larger), we choose, without data:
 * **intermediate units**: per kept layer, the I feed-forward neurons with the largest product of
   input-row and output-column norms (a neuron with either side near zero contributes nothing).
 
-The MLM head (when both have one) is sliced on the hidden units; the vocabulary is kept whole.
+The MLM head (when both have one) is sliced on the hidden units; the vocabulary is kept whole. When the
+source is also the (hidden-state) teacher, the learned projection to the teacher's width starts as the
+inverse of the hidden-unit slice (`unslice_projection`).
 """
 
 from __future__ import annotations
@@ -145,4 +147,15 @@ def slice_into(student: nn.Module, source: nn.Module) -> dict[str, object]:
         target.copy_(value.to(target.dtype))
         copied += 1
     return {"layers": layers, "hidden_units": sc.hidden_size, "tensors_copied": copied,
-            "tensors_total": len(dst)}
+            "tensors_total": len(dst), "hidden_index": hidden.tolist()}
+
+
+@torch.no_grad()
+def unslice_projection(projection: nn.Module, hidden_index: list[int]) -> None:
+    """Start the student-to-teacher projection as the inverse of the hidden-unit slice: student unit j
+    goes back to teacher unit hidden_index[j], the others start at zero. Without this a sliced student
+    begins behind a random projection and its first steps only relearn what slicing kept."""
+    if isinstance(projection, nn.Linear) and projection.in_features == len(hidden_index):
+        projection.weight.zero_()
+        projection.weight[torch.tensor(hidden_index), torch.arange(len(hidden_index))] = 1.0
+        projection.bias.zero_()

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModel, AutoModelForMaskedLM, PretrainedConfig
 
 from bort.distill.data import cached_sequences
-from bort.distill.init import slice_into
+from bort.distill.init import slice_into, unslice_projection
 from bort.distill.teacher import Teacher, load_teacher
 from bort.distill.trainer import PretrainObjective, TrainConfig, Trainer, make_accelerator
 from bort.errors import BortError
@@ -143,6 +143,10 @@ def pretrain(arch: str | os.PathLike | tuple[int, ...] | PretrainedConfig, outpu
     student = AutoModelForMaskedLM.from_config(config)
     sliced = slice_into(student, _source_model(source, teach)) if init == "source" else None
     objective = PretrainObjective(student, teach, train_config)
+    if sliced is not None:
+        hidden_index = sliced.pop("hidden_index")
+        if source is None or str(source) == teach.name:
+            unslice_projection(objective.projection, hidden_index)
     trainer = Trainer(objective, teach, rows, train_config, output, eval_sequences, accelerator)
     result = trainer.run(resume=resume)
     accelerator.wait_for_everyone()

@@ -363,8 +363,10 @@ class Trainer:
 
         bar = tqdm(total=config.max_steps, initial=start, unit="step", disable=not acc.is_main_process,
                    dynamic_ncols=True, desc="pretrain")
-        began, timed_steps, last, last_eval = time.perf_counter(), 0, {}, {}
+        began, timed_steps, train_seconds, last, last_eval = time.perf_counter(), -1, 0.0, {}, {}
         rank, ga = acc.process_index, config.grad_accum
+        if config.eval_every and start == 0:  # the starting point of the curve (random vs sliced init)
+            self._log({"kind": "eval", "step": 0, **{k: round(v, 6) for k, v in self.evaluate().items()}})
         self.model.train()
         for step in range(start, config.max_steps):
             tick = time.perf_counter()
@@ -397,10 +399,10 @@ class Trainer:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
-            if done > start + 1:  # the first step pays one-off warm-up costs
-                timed_steps += 1
-            elapsed = time.perf_counter() - began
-            step_time = time.perf_counter() - tick
+            now = time.perf_counter()
+            elapsed, step_time = now - began, now - tick
+            timed_steps += 1  # throughput: training time only, without the first step (one-off warm-up)
+            train_seconds += step_time if timed_steps > 0 else 0.0
             rate = self.tokens_per_step / step_time if step_time > 0 else 0.0
             last = {k: round(v, 6) for k, v in means.items()}
             if done % config.log_every == 0 or done == config.max_steps:
@@ -421,8 +423,9 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         total = time.perf_counter() - began
+        rate = self.tokens_per_step * timed_steps / train_seconds if timed_steps > 0 else None
         return {"steps": config.max_steps, "train": last, "eval": last_eval, "elapsed_s": round(total, 2),
-                "tokens_per_s": round(self.tokens_per_step * timed_steps / total, 1) if timed_steps else None}
+                "tokens_per_s": round(rate, 1) if rate else None}
 
     def _save(self, step: int, optimizer, scheduler, fp: dict) -> None:
         acc = self.acc
