@@ -136,13 +136,14 @@ def extract(source: str | os.PathLike | None = None, teacher: str | os.PathLike 
             latency_batch_size: int = 1, latency_seq_len: int = 128, max_params: int | None = None,
             max_effective_params: int | None = None, max_latency_ms: float | None = None,
             output: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False, seed: int = 0,
-            halving: bool = True, hidden_loss: str = "cosine", surrogate=None, progress: bool = True,
-            verbose: bool = True) -> ExtractionResult:
+            halving: bool = True, hidden_loss: str = "cosine", check_factor: int | None = None, surrogate=None,
+            progress: bool = True, verbose: bool = True) -> ExtractionResult:
     """Find the W-optimal sub-architecture of `source` (default: the embedded MiniLM) and write the results.
 
     `surrogate` may be any callable (arch, theta, steps, seed) -> ê > 0; by default the `bert` family
     distils each candidate from `teacher` (default: the source) on `corpus` (default: Python's bundled
-    documentation), and the `mlp` family regresses its maximum point.
+    documentation), and the `mlp` family regresses its maximum point. `check_factor=4` adds the
+    approximation check: the finalists retrained with 4x the budget, and whether the choice holds.
     """
     from bort.api import resolve_family
 
@@ -208,12 +209,27 @@ def extract(source: str | os.PathLike | None = None, teacher: str | os.PathLike 
                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
     try:
         result = search.run(store, bar, rank, world, gather)
+        seconds = time.perf_counter() - started
+        check = None
+        if check_factor and rank == 0:
+            say(f"approximation check: {len(result.finalists) * len(theta_list)} finalist arms x "
+                f"{check_factor * search.steps} steps")
+            if bar is not None:
+                bar.reset(total=len(result.finalists) * len(theta_list) * check_factor * search.steps)
+            t0 = time.perf_counter()
+            check = search.recheck(store, result, check_factor, bar)
+            check["seconds"] = round(time.perf_counter() - t0, 1)
     finally:
         if bar is not None:
             bar.close()
     result.space_size, result.invalid = search_space.size, dict(search_space.invalid)
-    seconds = time.perf_counter() - started
     summary = summarize(fam, result, settings, predicted, seconds, world)
+    if check is not None:
+        summary["approximation_check"] = check
+        say(f"approximation check: W(ε choice) at {check['factor']}x budget = "
+            f"{check['W_of_epsilon_choice_at_larger_budget']:.4f} vs best {check['W_at_larger_budget']:.4f} "
+            f"({','.join(map(str, check['chosen_at_larger_budget']))}): ratio {check['ratio']:.3f}, "
+            f"{'within' if check['within_1_minus_epsilon'] else 'NOT within'} 1 - ε = {1 - epsilon:.2f}")
     if rank == 0:
         write_outputs(out, fam, result, summary, teacher_name)
         say(f"done in {seconds / 60:.1f} min ({result.trained_steps} steps trained now, predicted "
@@ -232,9 +248,10 @@ def build_surrogate(fam, source, teacher, corpus, thetas, epsilon, steps, batch_
         return ToySurrogate(fam, seed=seed), None
     if fam.name != "bert":
         raise BortError(f"family '{fam.name}' has no built-in surrogate; pass surrogate=callable to bort.extract")
-    from bort.distill.data import pack_sequences, read_documents
+    from bort.distill.data import corpus_files, pack_sequences, read_documents
     from bort.distill.teacher import load_teacher
 
+    corpus_files(corpus or [])  # fail on a missing corpus before the teacher is loaded
     if teacher is None:
         teacher = source
     loaded = load_teacher(teacher)

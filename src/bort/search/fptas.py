@@ -122,6 +122,7 @@ class FPTAS:
         if not thetas:
             raise BortError("Θ is empty; give at least one set of training hyperparameters")
         self.family, self.surrogate, self.thetas = family, surrogate, list(thetas)
+        self.epsilon = epsilon
         self.steps = steps if steps is not None else steps_for_epsilon(epsilon)
         if self.steps < 1:
             raise BortError(f"--steps must be at least 1, got {self.steps}")
@@ -190,6 +191,36 @@ class FPTAS:
             if level + 1 < len(self.rungs):
                 arms = self._promote(arms, results, by_arch)
         return self._result(results, arms, trained, time.perf_counter() - start)
+
+    def recheck(self, store: ResultsStore, result: SearchResult, factor: int = 4, progress=None) -> dict:
+        """The approximation check: retrain the finalists' arms with `factor` x n(ε) steps and choose again.
+
+        Passes when W (at the larger budget) of the architecture chosen at ε is within (1 - ε) of the W of
+        the architecture chosen at the larger budget. Runs through the store, so it resumes too.
+        """
+        steps = factor * self.steps
+        done = store.evaluations()
+        best: dict[Arch, float] = {}
+        for c in result.finalists:
+            for theta in range(len(self.thetas)):
+                ev = done.get((c.arch, theta, steps))
+                if ev is None:
+                    t0 = time.perf_counter()
+                    error = float(self.surrogate(c.arch, self.thetas[theta], steps,
+                                                 arm_seed(self.seed, c.arch, theta)))
+                    ev = Evaluation(c.arch, theta, steps, error, time.perf_counter() - t0)
+                    store.add(ev)
+                if progress is not None:
+                    progress.update(steps)
+                w = w_coefficient(c, self.maximum, self.measured, ev.error)
+                best[c.arch] = max(best.get(c.arch, -math.inf), w)
+        larger = min(best, key=lambda a: (-best[a], a))
+        ratio = best[result.chosen.arch] / best[larger]
+        epsilon = self.epsilon
+        return {"factor": factor, "steps": steps, "chosen_at_epsilon": list(result.chosen.arch),
+                "W_at_epsilon": result.chosen.W, "chosen_at_larger_budget": list(larger),
+                "W_at_larger_budget": best[larger], "W_of_epsilon_choice_at_larger_budget": best[result.chosen.arch],
+                "ratio": ratio, "epsilon": epsilon, "within_1_minus_epsilon": ratio >= 1 - epsilon}
 
     def _arm_w(self, arm: tuple[Arch, int], results, by_arch) -> float:
         return w_coefficient(by_arch[arm[0]], self.maximum, self.measured, results[arm].error)
