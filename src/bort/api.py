@@ -44,3 +44,8 @@ from bort.distill.pretrain import pretrain  # noqa: E402,F401
 # Inference speed (`bort bench`, `bort export`): the full signatures and docs live with the implementation.
 from bort.speed.bench import bench  # noqa: E402,F401
 from bort.speed.export import export  # noqa: E402,F401
+
+# Task fine-tuning and Agora (`bort finetune [--agora]`): the full signatures and docs live with the implementation.
+__all__ += ["agora", "finetune"]
+from bort.agora.rounds import agora  # noqa: E402
+from bort.tasks.finetune import finetune  # noqa: E402

@@ -212,7 +212,93 @@ def run_export(args) -> None:
         print("note: the model had no pretrained weights (random initialisation); fine for speed only")
 
 
-COMMANDS = [add_cost, add_extract, add_pretrain, add_bench, add_export]
+def add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a model on a task (GLUE, SuperGLUE, own files), optionally "
+                                        "with Agora (Bort step 3)")
+    p.add_argument("--model", help="model folder or hub name (default: the embedded MiniLM)")
+    p.add_argument("--task", required=True, help="task name (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, "
+                                                 "WNLI, BoolQ, CB, COPA, superglue/RTE, WiC, WSC) or a custom name")
+    p.add_argument("--data-dir", help="folder in the official layout (glue/<Task>/*.tsv, superglue/<Task>/*.jsonl); "
+                                      "default $BORT_DATA_DIR, else the hub")
+    p.add_argument("--output", required=True, help="results folder")
+    p.add_argument("--train", help="custom task: train file (.csv, .tsv or .jsonl)")
+    p.add_argument("--dev", help="custom task: dev file")
+    p.add_argument("--test", help="custom task: unlabelled test file")
+    p.add_argument("--text-column", default="text", help="custom task: text column")
+    p.add_argument("--pair-column", help="custom task: second text column")
+    p.add_argument("--label-column", default="label", help="custom task: label column")
+    p.add_argument("--kind", choices=("classification", "regression"), default="classification",
+                   help="custom task: head kind")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=32, help="examples per process per step")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps (<1) or steps")
+    p.add_argument("--max-seq-len", type=int, default=128)
+    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--seed", type=int, action="append", help="repeatable: one run per seed (default: 0)")
+    p.add_argument("--max-train-samples", type=int, help="random subsample of the train split (same for all seeds)")
+    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --output")
+    p.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    a = p.add_argument_group("Agora")
+    a.add_argument("--agora", action="store_true", help="fine-tune with Agora")
+    a.add_argument("--labeller", help="model folder already fine-tuned on the task")
+    a.add_argument("--labeller-from", help="model to fine-tune on the task first and use as labeller")
+    a.add_argument("--theta", help="Θ grid on top of the flags above, e.g. 'lr=2e-5,5e-5;batch_size=16,32'")
+    a.add_argument("--rounds", type=int, default=3)
+    a.add_argument("--samples-per-mistake", type=int, default=4)
+    a.add_argument("--band", type=float, nargs=2, default=(0.80, 0.98), metavar=("LOW", "HIGH"),
+                   help="keep generated points whose cosine similarity to the source lies in [LOW, HIGH]")
+    a.add_argument("--transform", choices=("neighbour", "infill"), default="neighbour",
+                   help="embedding nearest-neighbour token substitution, or masked-LM infilling")
+    a.add_argument("--replace-fraction", type=float, default=0.15, help="share of word tokens a transform changes")
+    a.add_argument("--infill-model", help="masked-LM folder for --transform infill (e.g. a `bort pretrain` output)")
+    a.add_argument("--agora-dev-fraction", type=float, default=0.1,
+                   help="share of the official train split carved out (stratified) as Agora's dev split")
+    a.add_argument("--prune", type=float, default=0.5, help="share of Θ's sets dropped after each round")
+    a.add_argument("--max-mistakes", type=int, help="use at most this many mistakes per round")
+    a.add_argument("--compare", action="store_true",
+                   help="also fine-tune plainly with the same seeds and gradient steps; print both")
+    p.set_defaults(run=run_finetune)
+
+
+def run_finetune(args) -> None:
+    from bort.api import agora, finetune
+    from bort.tasks.finetune import format_score
+
+    common = dict(data_dir=args.data_dir, seeds=args.seed or [0], epochs=args.epochs, lr=args.lr,
+                  batch_size=args.batch_size, weight_decay=args.weight_decay, warmup=args.warmup,
+                  max_seq_len=args.max_seq_len, max_train_samples=args.max_train_samples, resume=args.resume,
+                  overwrite=args.overwrite, save_every=args.save_every, measure_latency=not args.no_latency,
+                  progress=not args.quiet)
+    if args.train:
+        common.update(train_file=args.train, dev_file=args.dev, test_file=args.test, text_column=args.text_column,
+                      pair_column=args.pair_column, label_column=args.label_column, kind=args.kind)
+    if args.agora:
+        out = agora(args.model, args.task, args.output, labeller=args.labeller, labeller_from=args.labeller_from,
+                    theta=args.theta, rounds=args.rounds, samples_per_mistake=args.samples_per_mistake,
+                    band=tuple(args.band), transform=args.transform, replace_fraction=args.replace_fraction,
+                    infill_model=args.infill_model, agora_dev_fraction=args.agora_dev_fraction, prune=args.prune,
+                    max_mistakes=args.max_mistakes, compare=args.compare, **common)
+    else:
+        out = finetune(args.model, args.task, args.output, max_steps=args.max_steps, **common)
+    if not out:
+        return  # not the reporting process
+    methods = [m for m in ("plain", "agora") if m in out]
+    print(f"{out['task']} (official dev, mean ± std over seeds {', '.join(out[methods[0]]['seeds'])}):")
+    for metric in out[methods[0]]["mean"]:
+        print(f"  {metric:>22}: " + "   ".join(f"{m} {format_score(out[m], metric)}" for m in methods))
+    if out.get("labeller_dev"):
+        print(f"  labeller: {json.dumps({k: round(v, 4) for k, v in out['labeller_dev'].items()})}")
+    if "cpu_latency_ms" in out:
+        print(f"  CPU latency (batch 1, seq 128): {out['cpu_latency_ms']} ms")
+    print(f"results in {args.output}/metrics.json")
+
+
+COMMANDS = [add_cost, add_extract, add_pretrain, add_bench, add_export, add_finetune]
 
 
 def parser() -> argparse.ArgumentParser:

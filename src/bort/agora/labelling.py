@@ -1,0 +1,63 @@
+"""The labeller: a second model already fine-tuned on the task, which labels Agora's generated points."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification
+
+from bort.distill.teacher import load_tokenizer
+from bort.errors import BortError
+from bort.families.bert import load_config
+from bort.tasks.finetune import decide, predict
+from bort.tasks.registry import Example, Task
+
+GENERIC = re.compile(r"^LABEL_\d+$")
+
+
+def label_names(config: Any, task: Task, where: str) -> list[Any]:
+    """The task label each labeller output index means; a labeller built for other labels is an error."""
+    archs = " ".join(config.architectures or [])
+    if task.kind == "multiple_choice":
+        if "ForMultipleChoice" not in archs:
+            raise BortError(f"labeller {where} is not a multiple-choice model ({archs or 'no architecture'}); "
+                            f"task {task.name} needs one")
+        return []
+    if task.kind == "regression":
+        if config.num_labels != 1:
+            raise BortError(f"labeller {where} predicts {config.num_labels} labels; task {task.name} is a "
+                            "regression (1 output)")
+        return []
+    names = [str(config.id2label[i]) for i in range(config.num_labels)]
+    if "ForSequenceClassification" not in archs:
+        raise BortError(f"labeller {where} is not a fine-tuned classifier ({archs or 'no architecture'}); pass a "
+                        "model fine-tuned on the task, or --labeller-from MODEL to fine-tune one first")
+    if len(names) != len(task.labels) or (not all(GENERIC.match(n) for n in names)
+                                          and set(names) != set(task.labels)):
+        raise BortError(f"labeller {where} label set ({', '.join(names)}) differs from task {task.name}'s "
+                        f"({', '.join(task.labels)})")
+    return list(task.labels) if all(GENERIC.match(n) for n in names) else names
+
+
+class Labeller:
+    """Predicts task labels for new points with a fine-tuned model folder (checked against the task)."""
+
+    def __init__(self, folder: str | os.PathLike, task: Task, max_seq_len: int = 128, batch_size: int = 64):
+        config = load_config(folder)
+        self.names = label_names(config, task, str(folder))
+        cls = AutoModelForMultipleChoice if task.kind == "multiple_choice" else AutoModelForSequenceClassification
+        self.model = cls.from_pretrained(str(folder), config=config).eval()
+        self.tokenizer = load_tokenizer(folder)
+        self.task, self.max_seq_len, self.batch_size, self.folder = task, max_seq_len, batch_size, str(folder)
+
+    def label(self, examples: list[Example]) -> list[Any]:
+        """Task labels (class names, scores or choice indices) of the examples."""
+        if not examples:
+            return []
+        preds = decide(self.task, predict(self.model, self.tokenizer, self.task, examples, self.max_seq_len,
+                                          self.batch_size))
+        if self.task.kind == "classification":
+            return [self.names[int(p)] for p in preds]
+        return [int(p) for p in preds] if self.task.kind == "multiple_choice" else [float(p) for p in preds]

@@ -1,0 +1,164 @@
+"""Agora's neighbour generation: new points near a mistake, by a transformation in a representation space.
+
+Two transformations:
+- `neighbour`: replace a fraction of the words' tokens by one of their k nearest neighbours (cosine) in the
+  model's input-embedding space. Needs only an encoder, so it works with any student or teacher.
+- `infill`: mask a fraction of the tokens and let a masked-LM (e.g. a `bort pretrain` student) sample a
+  replacement from its top-k. More fluent, but needs an MLM head.
+Candidates are then kept only when their sentence-embedding similarity to the source lies inside a band:
+similar enough to stay near the mistake, different enough to be a new point.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoModelForMaskedLM
+
+from bort.distill.teacher import load_tokenizer
+from bort.errors import BortError
+from bort.families.bert import load_config
+
+TRANSFORMS = ("neighbour", "infill")
+
+
+def _word_positions(tokenizer: Any, ids: list[int]) -> list[int]:
+    """Positions of alphabetic, non-special tokens: the ones worth changing."""
+    special = set(tokenizer.all_special_ids)
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    return [i for i, (t, tid) in enumerate(zip(tokens, ids, strict=True))
+            if tid not in special and t.lstrip("#").lstrip("Ġ▁").isalpha()]
+
+
+def _pick(rng: random.Random, positions: list[int], fraction: float) -> list[int]:
+    k = max(1, round(fraction * len(positions)))
+    return sorted(rng.sample(positions, min(k, len(positions))))
+
+
+class NeighbourSubstitution:
+    """Swap tokens for their nearest neighbours in the input-embedding space (same word/sub-word kind)."""
+
+    name = "neighbour"
+
+    def __init__(self, tokenizer: Any, embeddings: torch.Tensor, fraction: float = 0.15, k: int = 8):
+        self.tokenizer, self.fraction, self.k = tokenizer, fraction, k
+        self.unit = F.normalize(embeddings.detach().float(), dim=-1)
+        vocab = tokenizer.convert_ids_to_tokens(list(range(len(self.unit))))
+        special = set(tokenizer.all_special_ids)
+        usable = torch.tensor([i not in special and t is not None and t.lstrip("#").lstrip("Ġ▁").isalpha()
+                               for i, t in enumerate(vocab)])
+        piece = torch.tensor([t is not None and t.startswith("##") for t in vocab])
+        self.pools = {False: torch.nonzero(usable & ~piece).squeeze(1), True: torch.nonzero(usable & piece).squeeze(1)}
+        self.vocab, self.cache = vocab, {}
+
+    def neighbours(self, token_id: int) -> list[int]:
+        if token_id not in self.cache:
+            token = self.vocab[token_id] or ""
+            pool = self.pools[token.startswith("##")]
+            sims = self.unit[pool] @ self.unit[token_id]
+            top = pool[sims.topk(min(self.k + 1, len(pool))).indices].tolist()
+            self.cache[token_id] = [t for t in top if t != token_id][: self.k]
+        return self.cache[token_id]
+
+    def __call__(self, text: str, n: int, rng: random.Random) -> list[str]:
+        ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=512)["input_ids"]
+        positions = _word_positions(self.tokenizer, ids)
+        if not positions:
+            return []
+        out = []
+        for _ in range(n):
+            new = list(ids)
+            for p in _pick(rng, positions, self.fraction):
+                options = self.neighbours(new[p])
+                if options:
+                    new[p] = rng.choice(options)
+            out.append(self.tokenizer.decode(new, clean_up_tokenization_spaces=True))
+        return out
+
+
+class MaskedInfilling:
+    """Mask a fraction of the words' tokens and sample each from a masked-LM's top-k (never the original)."""
+
+    name = "infill"
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, fraction: float = 0.15, k: int = 10):
+        if tokenizer.mask_token_id is None:
+            raise BortError("the infilling model's tokenizer has no mask token")
+        self.model, self.tokenizer, self.fraction, self.k = model.eval(), tokenizer, fraction, k
+
+    @torch.inference_mode()
+    def __call__(self, text: str, n: int, rng: random.Random) -> list[str]:
+        enc = self.tokenizer(text, truncation=True, max_length=256)["input_ids"]
+        positions = _word_positions(self.tokenizer, enc)
+        if not positions or n < 1:
+            return []
+        masks = [_pick(rng, positions, self.fraction) for _ in range(n)]
+        batch = torch.tensor([enc] * n)
+        for row, chosen in enumerate(masks):
+            batch[row, chosen] = self.tokenizer.mask_token_id
+        logits = self.model(input_ids=batch.to(next(self.model.parameters()).device)).logits.float().cpu()
+        special = torch.tensor(self.tokenizer.all_special_ids)
+        out = []
+        for row, chosen in enumerate(masks):
+            new = list(enc)
+            for p in chosen:
+                scores = logits[row, p].clone()
+                scores[special] = float("-inf")
+                scores[enc[p]] = float("-inf")
+                top = scores.topk(self.k)
+                weights = torch.softmax(top.values, -1).tolist()
+                new[p] = int(top.indices[rng.choices(range(self.k), weights)[0]])
+            out.append(self.tokenizer.decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=True))
+        return out
+
+
+class Similarity:
+    """Cosine similarity of mean-pooled sentence embeddings from an encoder (the student's own by default)."""
+
+    def __init__(self, encoder: torch.nn.Module, tokenizer: Any, max_seq_len: int = 128):
+        self.encoder, self.tokenizer, self.max_seq_len = encoder.eval(), tokenizer, max_seq_len
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        device = next(self.encoder.parameters()).device
+        outs = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenizer(texts[i:i + batch_size], truncation=True, max_length=self.max_seq_len,
+                                 padding=True, return_tensors="pt").to(device)
+            hidden = self.encoder(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            outs.append(F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1).float().cpu())
+        return torch.cat(outs) if outs else torch.zeros(0)
+
+    def __call__(self, source: str, candidates: list[str]) -> list[float]:
+        vectors = self.embed([source, *candidates])
+        return (vectors[1:] @ vectors[0]).tolist()
+
+
+def load_encoder(source: str | os.PathLike) -> torch.nn.Module:
+    """The plain encoder of a model folder (any head is dropped), in eval mode."""
+    try:
+        return AutoModel.from_pretrained(str(source), config=load_config(source)).eval()
+    except (OSError, ValueError) as exc:
+        raise BortError(f"cannot load an encoder from '{source}' ({type(exc).__name__})") from None
+
+
+def make_transform(name: str, encoder: torch.nn.Module, tokenizer: Any, fraction: float = 0.15,
+                   infill_model: str | os.PathLike | None = None, k: int = 8):
+    """A transformation by name; `infill` needs a masked-LM folder (`infill_model`)."""
+    if name == "neighbour":
+        return NeighbourSubstitution(tokenizer, encoder.get_input_embeddings().weight, fraction, k)
+    if name == "infill":
+        if infill_model is None:
+            raise BortError("transform 'infill' needs a masked-LM: pass --infill-model DIR (for example a "
+                            "`bort pretrain` output, which keeps its MLM head)")
+        config = load_config(infill_model)
+        if not any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in (config.architectures or [])):
+            raise BortError(f"--infill-model {infill_model} has no masked-LM head; pass an ...ForMaskedLM model")
+        mlm = AutoModelForMaskedLM.from_pretrained(str(infill_model), config=config)
+        return MaskedInfilling(mlm, load_tokenizer(infill_model), fraction, max(k, 2))
+    raise BortError(f"unknown transform '{name}'; choose one of {', '.join(TRANSFORMS)}")

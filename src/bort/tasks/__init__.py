@@ -1,0 +1,6 @@
+"""Tasks (GLUE, SuperGLUE, your own files), their metrics, and the one fine-tuning loop."""
+
+from bort.tasks.generic import file_task
+from bort.tasks.registry import Example, Task, get_task, list_tasks, register_task
+
+__all__ = ["Example", "Task", "file_task", "get_task", "list_tasks", "register_task"]
