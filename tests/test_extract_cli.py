@@ -32,7 +32,8 @@ def tiny_run(tmp_path_factory, wiki_text):
 
 def test_outputs(tiny_run):
     out, stdout = tiny_run
-    rows = list(csv.DictReader(open(out / "candidates.csv")))
+    with open(out / "candidates.csv") as f:
+        rows = list(csv.DictReader(f))
     assert list(rows[0])[:11] == ["D", "A", "H", "I", "params", "effective_params", "ops", "latency_ms",
                                   "surrogate_error", "W", "pareto"]
     assert len(rows) == 8 and all(r["latency_ms"] == "" for r in rows)

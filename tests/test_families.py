@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -127,3 +129,15 @@ def test_space_errors():
     with pytest.raises(BortError, match="missing"):
         load_space(family, {"D": [2], "A": [4], "H": [512]})
     assert BUILTIN_SPACES["bort-paper"]["D"] == [2, 4, 6, 8, 10, 12]
+
+
+def test_cost_cli_json(capsys):
+    from bort.cli import main
+
+    assert main(["cost", "--family", "mlp", "--arch", "2,4,3,4,4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["params"], out["effective_params"]) == (72, 72) and out["ops"] > 0
+    assert main(["cost", "--source", "bort", "--arch", "4,8,1024,768", "--json", "--measure", "--repeats", "2",
+                 "--seq-len", "16"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["params"] == 55_941_120 and out["latency_ms"] > 0 and out["seq_len"] == 16

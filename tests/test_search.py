@@ -156,3 +156,12 @@ def test_two_processes_share_the_candidates(tmp_path):
     main = (tmp_path / "two" / "evaluations.jsonl").read_text().splitlines()
     assert len(main) == len((tmp_path / "one" / "evaluations.jsonl").read_text().splitlines())
     assert read_csv(tmp_path / "two" / "candidates.csv") == read_csv(single.output / "candidates.csv")
+
+
+def test_measured_speed_and_latency_constraint(tmp_path):
+    result = extract(family="mlp", epsilon=0.5, thetas="lr=3e-3", speed="measured", max_latency_ms=10.0,
+                     output=tmp_path, progress=False, verbose=False)
+    rows = read_csv(tmp_path / "candidates.csv")
+    assert all(float(r["latency_ms"]) > 0 for r in rows)
+    assert result.constrained is not None and result.constrained.latency_ms <= 10.0
+    assert result.summary["chosen"]["ratios_to_source"]["latency"] > 0

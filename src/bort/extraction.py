@@ -268,16 +268,22 @@ def build_surrogate(fam, source, teacher, corpus, thetas, epsilon, steps, batch_
 
 
 def predict_seconds(fam, search: FPTAS, batch_size: int, seq_len: int) -> float:
-    """Training FLOPs of the planned schedule (3x a forward per step) at a measured matmul rate.
+    """The planned schedule's FLOPs at half this machine's measured matmul peak: a stated estimate.
 
-    Training runs well below the matmul peak on small shapes; 1/3 of it is the working assumption, and
-    the run reports its real time beside this prediction.
+    Per step 3x a forward pass (forward and backward), per arm one forward over the held-out sequences.
+    Later rungs are assumed to keep the cheapest candidates (W favours them); the run reports its real
+    time beside this prediction.
     """
-    from bort.speed.latency import matmul_peak_gflops
+    from bort.speed.bench import torch_gemm_peak
 
-    rate = matmul_peak_gflops(512, repeats=5) * 1e9 / 3
-    mean_ops = sum(fam.cost(c.arch, batch_size, seq_len).ops for c in search.pool) / len(search.pool)
-    return search.planned_steps * 3 * mean_ops / rate
+    rate = torch_gemm_peak(torch.get_num_threads(), sizes=(512,), repeats=5) * 1e9 / 2
+    ops = sorted(fam.cost(c.arch, batch_size, seq_len).ops for c in search.pool)
+    flops = 0.0
+    for steps, arms in search.rungs:
+        cheapest = ops[:max(1, arms // len(search.thetas))]
+        mean = sum(cheapest) / len(cheapest)
+        flops += arms * mean * (3 * steps + EVAL_SEQUENCES / batch_size)
+    return flops / rate
 
 
 def candidate_summary(c: Candidate, names, maximum: Candidate | None = None) -> dict[str, Any]:

@@ -90,14 +90,3 @@ class LatencyCache:
         tmp.write_text(json.dumps(self.entries, indent=0, sort_keys=True))
         os.replace(tmp, self.path)
 
-
-def matmul_peak_gflops(size: int = 1024, repeats: int = 10, threads: int | None = None) -> float:
-    """This machine's float32 matrix-multiply rate (median of `repeats` square products), in GFLOP/s."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        return 2 * size**3 / (statistics.median(time_call(lambda: a @ b, repeats, 2)) / 1000) / 1e9
-    finally:
-        torch.set_num_threads(previous)
