@@ -1,0 +1,157 @@
+"""Tasks: metrics against hand-computed values, loaders on the real files, submissions, the fine-tuning loop."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
+
+from bort.errors import BortError
+from bort.families.bert import default_source
+from bort.tasks import file_task, get_task, list_tasks
+from bort.tasks import finetune as ft
+from bort.tasks.metrics import compute, mean_std
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 1-layer BERT with an MLM head and the real MiniLM tokenizer: fast, and the vocabulary is real."""
+    from bort.distill.teacher import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertForMaskedLM(config).save_pretrained(folder)
+    load_tokenizer(default_source()).save_pretrained(folder)
+    return folder
+
+
+def test_metrics_match_hand_computed_values():
+    preds, gold = [1, 0, 1, 1], [1, 1, 1, 0]
+    out = compute(["accuracy", "f1", "matthews_correlation"], preds, gold)
+    assert out["accuracy"] == pytest.approx(0.5)
+    assert out["f1"] == pytest.approx(2 / 3)  # tp 2, fp 1, fn 1
+    assert out["matthews_correlation"] == pytest.approx((2 * 0 - 1 * 1) / math.sqrt(3 * 3 * 1 * 1))
+    # macro F1: class 0 F1 1, class 1 F1 0, class 2 precision 2/3 recall 1 -> 0.8; mean 0.6
+    assert compute(["macro_f1"], [0, 2, 2, 2], [0, 1, 2, 2])["macro_f1"] == pytest.approx(0.6)
+    assert compute(["spearman"], [1, 2, 3, 4], [1, 3, 2, 4])["spearman"] == pytest.approx(1 - 6 * 2 / 60)
+    x, y = [1.0, 2.0, 3.0], [1.0, 2.0, 4.0]
+    mx, my = 2.0, 7 / 3
+    r = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / math.sqrt(
+        sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
+    assert compute(["pearson"], x, y)["pearson"] == pytest.approx(r)
+    assert compute(["pearson", "matthews_correlation"], [1, 1, 1], [0, 1, 2]) == {"pearson": 0.0,
+                                                                                   "matthews_correlation": 0.0}
+    mean, std = mean_std([{"accuracy": 0.5}, {"accuracy": 0.7}])
+    assert mean["accuracy"] == pytest.approx(0.6) and std["accuracy"] == pytest.approx(math.sqrt(0.02))
+
+
+ROWS = {"CoLA": (8551, 1043, 1063), "SST-2": (67349, 872, 1821), "MRPC": (3668, 408, 1725),
+        "STS-B": (5749, 1500, 1379), "RTE": (2490, 277, 3000), "WNLI": (635, 71, 146),
+        "superglue/RTE": (2490, 277, 3000), "CB": (250, 56, 250), "COPA": (400, 100, 500)}
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_loaders_read_the_official_files(shared_data, name):
+    task = get_task(name)
+    train, dev, test = (task.load(split, shared_data) for split in ("train", "dev", "test"))
+    assert (len(train), len(dev), len(test)) == ROWS[name]
+    assert all(e.label is not None for e in train + dev) and all(e.label is None for e in test)
+    if task.kind == "classification":
+        assert {e.label for e in train} == set(task.labels)
+    if task.kind == "multiple_choice":
+        assert all(len(e.choices) == 2 for e in train) and {e.label for e in train} == {0, 1}
+    assert not train[0].text.startswith("\ufeff")
+
+
+def test_known_values_of_real_rows(shared_data):
+    mrpc = get_task("MRPC").load("train", shared_data)[0]
+    assert mrpc.label == "1" and mrpc.text.startswith("Amrozi accused") and mrpc.pair.startswith("Referring")
+    stsb = get_task("STS-B").load("dev", shared_data)[0]
+    assert stsb.label == 5.0 and stsb.pair
+    assert get_task("CoLA").load("train", shared_data)[0].text.startswith("Our friends won't")
+    assert get_task("COPA").load("train", shared_data)[0].text.endswith("What was the cause?")
+
+
+def test_registry_errors_are_one_line(tmp_path, shared_data):
+    with pytest.raises(BortError, match="unknown task 'nope'; known tasks: CoLA, SST-2, MRPC.*COPA"):
+        get_task("nope")
+    assert {"MNLI", "QQP", "QNLI", "BoolQ", "WiC", "superglue/RTE"} <= set(list_tasks())
+    with pytest.raises(BortError, match="split file .*glue/QQP/train.tsv is missing"):
+        get_task("QQP").load("train", shared_data)
+    bad = tmp_path / "glue" / "RTE"
+    bad.mkdir(parents=True)
+    (bad / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
+    with pytest.raises(BortError, match="label 'maybe' at train.tsv row 1 is not one of .*entailment"):
+        get_task("RTE").load("train", tmp_path)
+    (bad / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
+    with pytest.raises(BortError, match="train set is empty"):
+        ft.load_data(get_task("RTE"), tmp_path)
+
+
+def test_custom_task_with_column_mapping(tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_text("review,score\ngood film,pos\nbad film,neg\nfine,pos\n")
+    task = file_task(train, train, text_column="review", label_column="score")
+    assert task.labels == ("neg", "pos") and task.load("train")[1].label == "neg"
+    with pytest.raises(BortError, match="no column 'label'"):
+        file_task(train)
+    reg = tmp_path / "reg.jsonl"
+    reg.write_text('{"a": "x", "b": "y", "y": 0.5}\n')
+    assert file_task(reg, kind="regression", text_column="a", pair_column="b", label_column="y").load(
+        "train")[0].label == 0.5
+
+
+def test_submission_formats(tmp_path, shared_data):
+    import numpy as np
+
+    rte, stsb, cb = get_task("RTE"), get_task("STS-B"), get_task("CB")
+    rows = rte.load("test", shared_data)[:3]
+    ft.write_submission(rte, "test", rows, np.array([0, 1, 0]), tmp_path)
+    assert (tmp_path / "RTE.tsv").read_text().splitlines() == [
+        "index\tprediction", "0\tentailment", "1\tnot_entailment", "2\tentailment"]
+    ft.write_submission(stsb, "test", stsb.load("test", shared_data)[:2], np.array([5.7, 2.12345]), tmp_path)
+    assert (tmp_path / "STS-B.tsv").read_text().splitlines()[1:] == ["0\t5.0", "1\t2.123"]
+    ft.write_submission(cb, "test", cb.load("test", shared_data)[:1], np.array([2]), tmp_path)
+    assert json.loads((tmp_path / "CB.jsonl").read_text()) == {"idx": 0, "label": "neutral"}
+
+
+def test_finetune_writes_stock_folders_per_seed(tmp_path, shared_data, tiny_model):
+    out = ft.finetune(tiny_model, "RTE", tmp_path / "rte", data_dir=shared_data, seeds=[0, 1], max_steps=2,
+                      batch_size=4, max_seq_len=32, max_train_samples=16, measure_latency=False, progress=False)
+    assert set(out["plain"]["seeds"]) == {"0", "1"} and "accuracy" in out["plain"]["mean"]
+    folder = tmp_path / "rte" / "plain" / "seed-1"
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert model.config.id2label == {0: "entailment", 1: "not_entailment"}
+    assert (folder / "RTE.tsv").read_text().count("\n") == 3001 and (folder / "README.md").is_file()
+    with pytest.raises(BortError, match="not empty; pass --resume"):
+        ft.finetune(tiny_model, "RTE", tmp_path / "rte", data_dir=shared_data)
+    ft.finetune(tiny_model, "COPA", tmp_path / "copa", data_dir=shared_data, max_steps=1, batch_size=2,
+                max_seq_len=32, max_train_samples=8, measure_latency=False, progress=False)
+    assert AutoModelForMultipleChoice.from_pretrained(tmp_path / "copa" / "plain" / "seed-0")
+
+
+def test_resume_after_a_crash_continues_the_same_trajectory(tmp_path, shared_data, tiny_model, monkeypatch):
+    task = get_task("STS-B")
+    data = task.load("train", shared_data)[:24]
+    config = ft.FinetuneConfig(max_steps=5, batch_size=4, max_seq_len=32, save_every=2, seed=3)
+    whole, _ = ft.train(tiny_model, task, data, config, tmp_path / "whole", progress=False)
+
+    def crash(step: int) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "_after_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ft.train(tiny_model, task, data, config, tmp_path / "crashed", progress=False)
+    assert (tmp_path / "crashed" / "checkpoint" / "state.pt").is_file()
+    monkeypatch.setattr(ft, "_after_step", lambda step: None)
+    resumed, steps = ft.train(tiny_model, task, data, config, tmp_path / "crashed", resume=True, progress=False)
+    assert steps == 5 and not (tmp_path / "crashed" / "checkpoint").exists()
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
