@@ -34,6 +34,7 @@ from bort.families.bert import default_source
 from bort.tasks.finetune import (
     FinetuneConfig,
     TaskData,
+    barrier,
     evaluate,
     finish_run,
     is_main,
@@ -188,6 +189,7 @@ class AgoraRun:
         gen_path = rdir / "generated.jsonl"
         if r < self.rounds - 1 and not gen_path.is_file():
             self.generate(r, wrong, gen_path)
+        barrier()  # the other processes read what rank 0 wrote
         made = self.generated(r + 1)[len(extra):] if r < self.rounds - 1 else []
         ranked = sorted(alive, key=lambda k: (-scores[k], k))
         kept = ranked[:max(1, math.ceil(len(alive) * (1 - self.prune)))]
@@ -303,6 +305,7 @@ def agora(model: str | os.PathLike | None, task: str | Task, output: str | os.Pa
         final = sdir / "final"
         if is_main() and not (final / "metrics.json").is_file():
             shutil.copytree(best["folder"], final, dirs_exist_ok=True)
+        barrier()
         net = load_task_model(final, spec) if is_main() else None
         n_generated = sum(s["generated"] for s in state["rounds"][:best["round"]])
         if is_main():

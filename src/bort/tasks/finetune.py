@@ -154,6 +154,12 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def barrier() -> None:
+    """Wait for every process (after rank 0 wrote files the others read); a no-op in one process."""
+    if _ACCELERATOR is not None:
+        _ACCELERATOR.wait_for_everyone()
+
+
 def _after_step(step: int) -> None:
     """Called after every optimizer step; tests replace it to simulate a crash."""
 
