@@ -46,12 +46,11 @@ def token_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
+def corpus(tmp_path_factory, shared_data) -> Path:
     """A little real text, with one Latin-1 file to prove encoding problems do not crash the run."""
     folder = tmp_path_factory.mktemp("corpus")
-    text = Path("/work/shared/data/text/gutenberg/austen-emma.txt")
-    body = text.read_text()[:60_000] if text.exists() else "\n".join(read_documents(None))[:60_000]
-    (folder / "a.txt").write_text(body)
+    text = shared_data / "text" / "gutenberg" / "austen-emma.txt"
+    (folder / "a.txt").write_text(text.read_text()[:60_000])
     (folder / "b.txt").write_bytes("Caf\xe9 cr\xe8me, na\xefve fa\xe7ade.\n".encode("latin-1") * 50)
     return folder
 
