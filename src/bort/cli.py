@@ -311,6 +311,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # bort's own bars say what is going on
     try:
         args.run(args)
     except BortError as exc:

@@ -61,7 +61,7 @@ class DistillationSurrogate:
     """
 
     def __init__(self, family, teacher: Teacher, sequences: torch.Tensor, batch_size: int = 8,
-                 eval_sequences: int = 32, hidden_loss: str = "mse", mask_prob: float = 0.15, seed: int = 0):
+                 eval_sequences: int = 32, hidden_loss: str = "cosine", mask_prob: float = 0.15, seed: int = 0):
         if len(sequences) < eval_sequences + batch_size:
             raise BortError(f"the corpus gives only {len(sequences)} sequences; need at least "
                             f"{eval_sequences + batch_size} (more text, or a shorter --seq-len)")

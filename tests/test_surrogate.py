@@ -1,0 +1,94 @@
+"""Surrogate error ê: real distillation runs on tiny students, both teacher kinds, deterministic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, BertForMaskedLM
+
+from bort.distill.data import mask_tokens, pack_sequences, read_documents
+from bort.distill.losses import hidden_distillation, logit_distillation
+from bort.distill.teacher import load_teacher, load_tokenizer
+from bort.families.bert import BertFamily, default_source
+from bort.search.surrogate import DistillationSurrogate
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_teacher()
+
+
+@pytest.fixture(scope="module")
+def sequences(minilm, wiki_text):
+    return pack_sequences(read_documents([wiki_text]), minilm.tokenizer, 32, max_sequences=80)
+
+
+@pytest.fixture(scope="module")
+def mlm_teacher_dir(tmp_path_factory):
+    """A small BERT with an MLM head and the real WordPiece tokenizer, saved as a Hugging Face folder."""
+    folder = tmp_path_factory.mktemp("mlm-teacher")
+    config = AutoConfig.for_model("bert", vocab_size=30522, hidden_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=128, architectures=["BertForMaskedLM"])
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(folder)
+    load_tokenizer(default_source()).save_pretrained(folder)
+    return folder
+
+
+def test_hidden_state_surrogate_is_deterministic_and_learns(minilm, sequences):
+    surrogate = DistillationSurrogate(BertFamily(), minilm, sequences, batch_size=4, eval_sequences=16)
+    arch = (1, 6, 192, 192)
+    first = surrogate(arch, {"lr": 1e-3}, 6, seed=3)
+    assert first == surrogate(arch, {"lr": 1e-3}, 6, seed=3)
+    assert 0 < first < 2
+    assert surrogate(arch, {"lr": 1e-3}, 30, seed=3) < surrogate(arch, {"lr": 1e-3}, 1, seed=3)
+
+
+def test_logit_surrogate_uses_the_bort_loss(mlm_teacher_dir, sequences):
+    teacher = load_teacher(mlm_teacher_dir)
+    assert teacher.has_mlm_head
+    family = BertFamily(mlm_teacher_dir)
+    surrogate = DistillationSurrogate(family, teacher, sequences, batch_size=4, eval_sequences=16)
+    error = surrogate((1, 2, 32, 64), {"lr": 1e-3}, 3, seed=0)
+    assert error > 0 and error == surrogate((1, 2, 32, 64), {"lr": 1e-3}, 3, seed=0)
+
+
+def test_logit_distillation_is_a_correct_kl():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.full((2, 5), -100)
+    labels[0, 1], labels[1, 3] = 4, 7
+    same = logit_distillation(logits, logits, labels, temperature=2.0)
+    assert same["kd"].item() == pytest.approx(0.0, abs=1e-6)
+    other = torch.randn(2, 5, 11)
+    terms = logit_distillation(logits, other, labels, temperature=2.0)
+    p = torch.softmax(other[labels != -100] / 2, -1)
+    q = torch.softmax(logits[labels != -100] / 2, -1)
+    expected_kd = (p * (p.log() - q.log())).sum(-1).mean() * 4
+    assert terms["kd"].item() == pytest.approx(expected_kd.item(), rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(0.1 * terms["mlm"].item() + 0.5 * terms["kd"].item(), rel=1e-6)
+
+
+def test_hidden_losses():
+    t = torch.randn(2, 4, 8)
+    assert hidden_distillation(t, t, "mse")["loss"].item() == pytest.approx(0.0, abs=1e-7)
+    mean = t.mean(dim=(0, 1), keepdim=True).expand_as(t)
+    assert hidden_distillation(mean, t, "mse")["loss"].item() == pytest.approx(1.0, rel=1e-5)
+    assert hidden_distillation(t, t, "cosine")["loss"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_masking_proportions(minilm):
+    ids = torch.randint(1000, 20000, (64, 128))
+    inputs, labels = mask_tokens(ids, minilm.tokenizer, 0.15, torch.Generator().manual_seed(0))
+    chosen = labels != -100
+    assert 0.13 < chosen.float().mean().item() < 0.17
+    masked = (inputs == minilm.tokenizer.mask_token_id) & chosen
+    assert 0.75 < masked.sum().item() / chosen.sum().item() < 0.85
+    assert torch.equal(labels[chosen], ids[chosen])
+
+
+def test_corpus_decoding_never_crashes(tmp_path, minilm):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 na\xefve ".encode("latin-1") * 200)
+    (tmp_path / "utf8.md").write_text("naïve café " * 200, encoding="utf-8")
+    rows = pack_sequences(read_documents([tmp_path]), minilm.tokenizer, 16)
+    assert rows.shape[1] == 16 and (rows[:, 0] == minilm.tokenizer.cls_token_id).all()
