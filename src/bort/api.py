@@ -6,16 +6,9 @@ import os
 from typing import Any
 
 from bort.extraction import ExtractionResult, extract
-from bort.families import Family, get_family, parse_arch
+from bort.families import Family, parse_arch, resolve_family
 
 __all__ = ["ExtractionResult", "cost", "extract", "resolve_family"]
-
-
-def resolve_family(family: str | Family = "bert", source: str | os.PathLike | None = None) -> Family:
-    """A family instance: `bert` takes its shape from `source` (default: the embedded MiniLM)."""
-    if not isinstance(family, str):
-        return family
-    return get_family(family, source=source) if family == "bert" else get_family(family)
 
 
 def cost(arch: str | tuple[int, ...], family: str | Family = "bert", source: str | os.PathLike | None = None,

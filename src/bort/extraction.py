@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from bort.errors import BortError
-from bort.families import Family, Space
+from bort.families import Family, Space, resolve_family
 from bort.search.fptas import FPTAS, Candidate, Constraints, SearchResult
 from bort.search.store import ResultsStore
 
@@ -145,8 +145,6 @@ def extract(source: str | os.PathLike | None = None, teacher: str | os.PathLike 
     documentation), and the `mlp` family regresses its maximum point. `check_factor=4` adds the
     approximation check: the finalists retrained with 4x the budget, and whether the choice holds.
     """
-    from bort.api import resolve_family
-
     say = print if verbose else (lambda *a, **k: None)
     if speed not in ("ops", "measured"):
         raise BortError(f"--speed must be 'ops' or 'measured', got '{speed}'")

@@ -4,5 +4,13 @@ from bort.families.base import Arch, Cost, Family, Space, family_names, get_fami
 from bort.families.bert import BertFamily, load_config
 from bort.families.mlp import MLPFamily
 
+
+def resolve_family(family: str | Family = "bert", source=None) -> Family:
+    """A family instance: `bert` takes its shape from `source` (default: the embedded MiniLM)."""
+    if not isinstance(family, str):
+        return family
+    return get_family(family, source=source) if family == "bert" else get_family(family)
+
+
 __all__ = ["Arch", "BertFamily", "Cost", "Family", "MLPFamily", "Space", "family_names", "get_family",
-           "load_config", "parse_arch", "register_family"]
+           "load_config", "parse_arch", "register_family", "resolve_family"]
