@@ -5,10 +5,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from bort.agora.rounds import agora
+from bort.distill.pretrain import pretrain
 from bort.extraction import ExtractionResult, extract
 from bort.families import Family, parse_arch, resolve_family
+from bort.speed.bench import bench
+from bort.speed.export import export
+from bort.tasks.finetune import finetune
 
-__all__ = ["ExtractionResult", "cost", "extract", "resolve_family"]
+__all__ = ["ExtractionResult", "agora", "bench", "cost", "export", "extract", "finetune", "pretrain",
+           "resolve_family"]
 
 
 def cost(arch: str | tuple[int, ...], family: str | Family = "bert", source: str | os.PathLike | None = None,
@@ -30,15 +36,3 @@ def cost(arch: str | tuple[int, ...], family: str | Family = "bert", source: str
         out["latency_ms"] = round(LatencyCache().measure(fam, point, batch_size, seq_len, repeats), 3)
     return out
 
-
-# Distillation pre-training (`bort pretrain`): the full signature and docs live with the implementation.
-from bort.distill.pretrain import pretrain  # noqa: E402,F401
-
-# Inference speed (`bort bench`, `bort export`): the full signatures and docs live with the implementation.
-from bort.speed.bench import bench  # noqa: E402,F401
-from bort.speed.export import export  # noqa: E402,F401
-
-# Task fine-tuning and Agora (`bort finetune [--agora]`): the full signatures and docs live with the implementation.
-__all__ += ["agora", "finetune"]
-from bort.agora.rounds import agora  # noqa: E402
-from bort.tasks.finetune import finetune  # noqa: E402

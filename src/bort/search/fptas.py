@@ -181,7 +181,8 @@ class FPTAS:
                     trained += steps
                 if progress is not None:
                     progress.update(steps)
-                    progress.set_postfix_str(f"rung {level + 1}/{len(self.rungs)} {','.join(map(str, arch))}")
+                    progress.set_postfix_str(f"rung {level + 1}/{len(self.rungs)} {','.join(map(str, arch))}",
+                                             refresh=False)
             for ev in gather(new) if gather is not None else new:
                 if rank == 0 and ev not in new and ev.key not in done:
                     store.add(ev)  # process 0's file ends up holding the whole run
