@@ -110,14 +110,18 @@ def prepare_output(output: str | os.PathLike | None) -> Path:
 
 
 def distributed_context():
-    """(rank, world size, gather, barrier) from accelerate when launched with several processes."""
+    """(rank, world size, gather, barrier, share) from accelerate when launched with several processes.
+
+    `share(obj)` returns process 0's `obj` on every process (e.g. the output folder it created).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, None, lambda: None
+        return 0, 1, None, lambda: None, lambda obj: obj
     from accelerate import PartialState
-    from accelerate.utils import gather_object
+    from accelerate.utils import broadcast_object_list, gather_object
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    return state.process_index, state.num_processes, gather_object, state.wait_for_everyone
+    return (state.process_index, state.num_processes, gather_object, state.wait_for_everyone,
+            lambda obj: broadcast_object_list([obj])[0])
 
 
 def source_fingerprint(family: Family) -> Any:
@@ -157,8 +161,8 @@ def extract(source: str | os.PathLike | None = None, teacher: str | os.PathLike 
         reasons = "; ".join(f"{n} x {r}" for r, n in search_space.invalid.items())
         raise BortError(f"the space has no valid architecture ({reasons}); fix --space")
     theta_list = load_thetas(thetas)
-    rank, world, gather, barrier = distributed_context()
-    out = prepare_output(output) if rank == 0 else Path(output or ".")
+    rank, world, gather, barrier, share = distributed_context()
+    out = Path(share(str(prepare_output(output)) if rank == 0 else None))
     started = time.perf_counter()
 
     teacher_name = None
