@@ -270,22 +270,30 @@ def build_surrogate(fam, source, teacher, corpus, thetas, epsilon, steps, batch_
 
 
 def predict_seconds(fam, search: FPTAS, batch_size: int, seq_len: int) -> float:
-    """The planned schedule's FLOPs at half this machine's measured matmul peak: a stated estimate.
+    """The planned schedule's time, calibrated by timing the surrogate on the median-cost candidate.
 
-    Per step 3x a forward pass (forward and backward), per arm one forward over the held-out sequences.
-    Later rungs are assumed to keep the cheapest candidates (W favours them); the run reports its real
-    time beside this prediction.
+    One untimed warm-up run, then runs of 1 and 3 steps give a per-step and a per-arm (build and
+    held-out evaluation) time, which are scaled to every rung by the operation count. Later rungs are
+    assumed to keep the cheapest candidates (W favours them); the run reports its real time beside this.
     """
-    from bort.speed.bench import torch_gemm_peak
+    ops = sorted((fam.cost(c.arch, batch_size, seq_len).ops, c.arch) for c in search.pool)
+    probe_ops, probe = ops[len(ops) // 2]
+    theta = search.thetas[0]
+    search.surrogate(probe, theta, 1, 0)  # warm-up: caches the teacher's outputs for the first batches
 
-    rate = torch_gemm_peak(torch.get_num_threads(), sizes=(512,), repeats=5) * 1e9 / 2
-    ops = sorted(fam.cost(c.arch, batch_size, seq_len).ops for c in search.pool)
-    flops = 0.0
+    def timed(steps: int) -> float:
+        start = time.perf_counter()
+        search.surrogate(probe, theta, steps, 0)
+        return time.perf_counter() - start
+
+    one, three = timed(1), timed(3)
+    per_step, per_arm = max(three - one, 0.0) / 2, max(one - max(three - one, 0.0) / 2, 0.0)
+    seconds = 0.0
     for steps, arms in search.rungs:
-        cheapest = ops[:max(1, arms // len(search.thetas))]
-        mean = sum(cheapest) / len(cheapest)
-        flops += arms * mean * (3 * steps + EVAL_SEQUENCES / batch_size)
-    return flops / rate
+        cheapest = [o for o, _ in ops[:max(1, arms // len(search.thetas))]]
+        scale = sum(cheapest) / len(cheapest) / probe_ops
+        seconds += arms * scale * (steps * per_step + per_arm)
+    return seconds
 
 
 def candidate_summary(c: Candidate, names, maximum: Candidate | None = None) -> dict[str, Any]:
