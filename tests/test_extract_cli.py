@@ -25,7 +25,7 @@ def tiny_run(tmp_path_factory, wiki_text):
     assert bort, "the bort console script is not installed; pip install -e ."
     done = subprocess.run([bort, "extract", "--space", str(space), "--corpus", str(wiki_text), "--steps", "8",
                            "--theta", "lr=1e-3", "--batch-size", "4", "--seq-len", "32", "--max-params", "6.5e6",
-                           "--output", str(out)], capture_output=True, text=True, timeout=600)
+                           "--output", str(out)], capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done.stdout
 
