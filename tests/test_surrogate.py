@@ -92,3 +92,15 @@ def test_corpus_decoding_never_crashes(tmp_path, minilm):
     (tmp_path / "utf8.md").write_text("naïve café " * 200, encoding="utf-8")
     rows = pack_sequences(read_documents([tmp_path]), minilm.tokenizer, 16)
     assert rows.shape[1] == 16 and (rows[:, 0] == minilm.tokenizer.cls_token_id).all()
+
+
+def test_source_init_starts_closer_to_the_teacher(minilm, sequences):
+    """Sliced candidates (DynaBERT-style) begin far closer to the teacher than random ones."""
+    family = BertFamily()
+    random_init = DistillationSurrogate(family, minilm, sequences, batch_size=4, eval_sequences=16)
+    sliced = DistillationSurrogate(family, minilm, sequences, batch_size=4, eval_sequences=16,
+                                   source_model=minilm.model)
+    arch = (2, 6, 192, 384)
+    assert sliced(arch, {"lr": 1e-4}, 1, seed=0) < random_init(arch, {"lr": 1e-4}, 1, seed=0)
+    full = (6, 12, 384, 1536)  # the whole source, sliced whole: the teacher itself
+    assert sliced(full, {"lr": 1e-9}, 1, seed=0) < 1e-3

@@ -60,6 +60,8 @@ def add_extract(sub) -> None:
     p.add_argument("--no-halving", action="store_true", help="train every candidate for n(ε) (the paper's schedule)")
     p.add_argument("--hidden-loss", choices=["cosine", "mse"], default="cosine",
                    help="hidden-state distance for teachers without an MLM head")
+    p.add_argument("--init", choices=["random", "source"], default="random",
+                   help="start candidates at random or as slices of the source's weights (needs a source with weights)")
     p.add_argument("--check-factor", type=int, help="approximation check: retrain finalists with this x n(ε)")
     p.add_argument("--output", help="results folder (default: runs/extract-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
@@ -81,7 +83,7 @@ def run_extract(args) -> None:
             latency_seq_len=args.latency_seq_len, max_params=as_int(args.max_params),
             max_effective_params=as_int(args.max_effective_params), max_latency_ms=args.max_latency_ms,
             output=args.output, resume=args.resume, overwrite=args.overwrite, seed=args.seed,
-            halving=not args.no_halving, hidden_loss=args.hidden_loss, check_factor=args.check_factor,
+            halving=not args.no_halving, hidden_loss=args.hidden_loss, init=args.init, check_factor=args.check_factor,
             progress=not args.quiet)
 
 

@@ -140,16 +140,19 @@ def extract(source: str | os.PathLike | None = None, teacher: str | os.PathLike 
             latency_batch_size: int = 1, latency_seq_len: int = 128, max_params: int | None = None,
             max_effective_params: int | None = None, max_latency_ms: float | None = None,
             output: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False, seed: int = 0,
-            halving: bool = True, hidden_loss: str = "cosine", check_factor: int | None = None, surrogate=None,
-            progress: bool = True, verbose: bool = True) -> ExtractionResult:
+            halving: bool = True, hidden_loss: str = "cosine", init: str = "random", check_factor: int | None = None,
+            surrogate=None, progress: bool = True, verbose: bool = True) -> ExtractionResult:
     """Find the W-optimal sub-architecture of `source` (default: the embedded MiniLM) and write the results.
 
     `surrogate` may be any callable (arch, theta, steps, seed) -> ê > 0; by default the `bert` family
     distils each candidate from `teacher` (default: the source) on `corpus` (default: Python's bundled
     documentation), and the `mlp` family regresses its maximum point. `check_factor=4` adds the
     approximation check: the finalists retrained with 4x the budget, and whether the choice holds.
+    `init="source"` starts every candidate as a slice of the source's weights instead of at random.
     """
     say = print if verbose else (lambda *a, **k: None)
+    if init not in ("random", "source"):
+        raise BortError(f"--init must be 'random' or 'source', got '{init}'")
     if speed not in ("ops", "measured"):
         raise BortError(f"--speed must be 'ops' or 'measured', got '{speed}'")
     if batch_size < 1 or seq_len < 8:
@@ -168,7 +171,7 @@ def extract(source: str | os.PathLike | None = None, teacher: str | os.PathLike 
     teacher_name = None
     if surrogate is None:
         surrogate, teacher_name = build_surrogate(fam, source, teacher, corpus, theta_list, epsilon, steps,
-                                                  batch_size, seq_len, hidden_loss, seed)
+                                                  batch_size, seq_len, hidden_loss, seed, init)
     latency = None
     if speed == "measured" or max_latency_ms is not None:
         from bort.speed.latency import LatencyCache
@@ -185,7 +188,7 @@ def extract(source: str | os.PathLike | None = None, teacher: str | os.PathLike 
                 "corpus": [str(c) for c in corpus or []], "space": search_space.values, "thetas": theta_list,
                 "epsilon": epsilon, "steps": search.steps, "batch_size": batch_size, "seq_len": seq_len,
                 "speed": speed, "latency_shape": [latency_batch_size, latency_seq_len], "seed": seed,
-                "halving": halving, "hidden_loss": hidden_loss, "constraints": constraints.__dict__}
+                "halving": halving, "hidden_loss": hidden_loss, "init": init, "constraints": constraints.__dict__}
     store = ResultsStore(out, rank)
     if rank == 0:
         store.open(json.loads(json.dumps(settings)), resume=resume, overwrite=overwrite)
@@ -239,7 +242,8 @@ def extract(source: str | os.PathLike | None = None, teacher: str | os.PathLike 
     return ExtractionResult(result, fam, out, summary)
 
 
-def build_surrogate(fam, source, teacher, corpus, thetas, epsilon, steps, batch_size, seq_len, hidden_loss, seed):
+def build_surrogate(fam, source, teacher, corpus, thetas, epsilon, steps, batch_size, seq_len, hidden_loss, seed,
+                    init="random"):
     """The default ê for built-in families: distillation (bert) or regression of the maximum point (mlp)."""
     from bort.search.fptas import steps_for_epsilon
     from bort.search.surrogate import DistillationSurrogate, ToySurrogate, complete_theta
@@ -252,6 +256,7 @@ def build_surrogate(fam, source, teacher, corpus, thetas, epsilon, steps, batch_
         raise BortError(f"family '{fam.name}' has no built-in surrogate; pass surrogate=callable to bort.extract")
     from bort.distill.data import corpus_files, pack_sequences, read_documents
     from bort.distill.teacher import load_teacher
+    from bort.families.bert import PRESETS
 
     corpus_files(corpus or [])  # fail on a missing corpus before the teacher is loaded
     if teacher is None:
@@ -265,7 +270,13 @@ def build_surrogate(fam, source, teacher, corpus, thetas, epsilon, steps, batch_
     n = steps if steps is not None else steps_for_epsilon(epsilon)
     wanted = 4 * n * batch_size + EVAL_SEQUENCES  # enough for the 4x-budget check without repeating data
     sequences = pack_sequences(read_documents(corpus), loaded.tokenizer, seq_len, max_sequences=wanted)
-    surrogate = DistillationSurrogate(fam, loaded, sequences, batch_size, EVAL_SEQUENCES, hidden_loss, seed=seed)
+    source_model = None
+    if init == "source" and str(source) in PRESETS:
+        raise BortError(f"--init source needs a source with weights; preset '{source}' is a config only")
+    if init == "source":
+        source_model = loaded.model if str(teacher) == str(source) else load_teacher(source).model
+    surrogate = DistillationSurrogate(fam, loaded, sequences, batch_size, EVAL_SEQUENCES, hidden_loss, seed=seed,
+                                      source_model=source_model)
     return surrogate, loaded.name
 
 

@@ -60,6 +60,12 @@ def _head_units(src: dict[str, torch.Tensor], prefix: str, heads: int, src_heads
     d_src, d = width // src_heads, hidden_idx.numel() // heads
     norms = lambda w: w.pow(2).sum(dim=1)  # noqa: E731 - per-row squared norm
     per_head = (norms(q) + norms(k) + norms(v) + o.pow(2).sum(dim=0)).view(src_heads, d_src).sum(dim=1)
+    if d > d_src:
+        # Fewer, wider heads than the source: each student head takes whole source heads side by side
+        # (the strongest ceil(H / d') of them, in order), truncated to the student's width.
+        whole = _top(per_head, min(src_heads, -(-hidden_idx.numel() // d_src)))
+        units = torch.cat([h * d_src + torch.arange(d_src) for h in whole.tolist()])[:hidden_idx.numel()]
+        return units, units
     kept = _top(per_head, heads)
     qk_score = (norms(q) * norms(k)).view(src_heads, d_src)
     vo_score = (norms(v) * o.pow(2).sum(dim=0)).view(src_heads, d_src)

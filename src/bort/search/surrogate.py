@@ -61,7 +61,8 @@ class DistillationSurrogate:
     """
 
     def __init__(self, family, teacher: Teacher, sequences: torch.Tensor, batch_size: int = 8,
-                 eval_sequences: int = 32, hidden_loss: str = "cosine", mask_prob: float = 0.15, seed: int = 0):
+                 eval_sequences: int = 32, hidden_loss: str = "cosine", mask_prob: float = 0.15, seed: int = 0,
+                 source_model: nn.Module | None = None):
         if len(sequences) < eval_sequences + batch_size:
             raise BortError(f"the corpus gives only {len(sequences)} sequences; need at least "
                             f"{eval_sequences + batch_size} (more text, or a shorter --seq-len)")
@@ -81,7 +82,9 @@ class DistillationSurrogate:
             self.vocab_map = torch.zeros(int(seen.max()) + 1, dtype=torch.long)
             self.vocab_map[seen] = torch.arange(len(seen))
             self.compact_vocab_size = len(seen)
+            self._seen = seen
         self._targets: dict[int, torch.Tensor] = {}
+        self.source_model = source_model
 
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         rows = torch.arange(step * self.batch_size, (step + 1) * self.batch_size) % len(self.train_ids)
@@ -96,19 +99,37 @@ class DistillationSurrogate:
             self._targets[key] = DistillationObjective.teacher_targets(self.teacher, input_ids)
         return self._targets[key]
 
-    def student(self, arch: Arch) -> nn.Module:
+    def student(self, arch: Arch) -> tuple[nn.Module, list[int] | None]:
+        """A fresh student for `arch` and, when it is sliced from the source (DynaBERT-style), the hidden
+        units the slice kept (the projection to the teacher then starts as the slice's inverse)."""
         config = self.family.config(arch)
         if self.teacher.has_mlm_head:
-            return AutoModelForMaskedLM.from_config(config)
-        config.vocab_size = self.compact_vocab_size
-        return AutoModel.from_config(config, add_pooling_layer=False)
+            model = AutoModelForMaskedLM.from_config(config)
+        else:
+            if self.vocab_map is not None and self.source_model is None:
+                config.vocab_size = self.compact_vocab_size  # nothing to slice: build the compact table directly
+            model = AutoModel.from_config(config, add_pooling_layer=False)
+        if self.source_model is None:
+            return model, None
+        from bort.distill.init import slice_into
+
+        hidden_index = slice_into(model, self.source_model)["hidden_index"]
+        if self.vocab_map is not None:  # compact row i is the corpus' i-th distinct token id
+            rows = model.get_input_embeddings().weight[self._seen].detach().clone()
+            model.set_input_embeddings(nn.Embedding.from_pretrained(rows, freeze=False))
+        return model, hidden_index
 
     def _student_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return input_ids if self.vocab_map is None else self.vocab_map[input_ids]
 
     def __call__(self, arch: Arch, theta: Mapping[str, float], steps: int, seed: int) -> float:
         torch.manual_seed(seed)
-        objective = DistillationObjective(self.student(arch), self.teacher, hidden_loss=self.hidden_loss)
+        student, hidden_index = self.student(arch)
+        objective = DistillationObjective(student, self.teacher, hidden_loss=self.hidden_loss)
+        if hidden_index is not None and self.source_model is self.teacher.model:
+            from bort.distill.init import unslice_projection
+
+            unslice_projection(objective.projection, hidden_index)
 
         def loss_of_step(step: int) -> torch.Tensor:
             ids, labels = self._batch(step)
