@@ -163,6 +163,7 @@ class FPTAS:
         by_arch = {c.arch: c for c in self.pool}
         arms = [(c.arch, t) for c in self.pool for t in range(len(self.thetas))]
         done = store.evaluations()
+        in_main_file = set(store.evaluations(own_only=True)) if rank == 0 else set()
         results: dict[tuple[Arch, int], Evaluation] = {}
         for level, (steps, _) in enumerate(self.rungs):
             mine = [arm for i, arm in enumerate(arms) if i % world_size == rank]
@@ -177,6 +178,7 @@ class FPTAS:
                                         "rate in Θ")
                     ev = Evaluation(arch, theta, steps, error, time.perf_counter() - t0)
                     store.add(ev)
+                    in_main_file.add(ev.key)
                     new.append(ev)
                     trained += steps
                 if progress is not None:
@@ -184,8 +186,9 @@ class FPTAS:
                     progress.set_postfix_str(f"rung {level + 1}/{len(self.rungs)} {','.join(map(str, arch))}",
                                              refresh=False)
             for ev in gather(new) if gather is not None else new:
-                if rank == 0 and ev not in new and ev.key not in done:
+                if rank == 0 and ev.key not in in_main_file:
                     store.add(ev)  # process 0's file ends up holding the whole run
+                    in_main_file.add(ev.key)
                 done[ev.key] = ev
             for arch, theta in arms:
                 results[(arch, theta)] = done[(arch, theta, steps)]

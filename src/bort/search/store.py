@@ -70,10 +70,13 @@ class ResultsStore:
             f.flush()
             os.fsync(f.fileno())
 
-    def evaluations(self) -> dict[Key, Evaluation]:
-        """Every complete line in every process's file."""
+    def evaluations(self, own_only: bool = False) -> dict[Key, Evaluation]:
+        """Every complete line in every process's file (or only in this process's own file)."""
         found: dict[Key, Evaluation] = {}
-        for file in sorted(self.folder.glob("evaluations*.jsonl")):
+        files = [self.path] if own_only else sorted(self.folder.glob("evaluations*.jsonl"))
+        for file in files:
+            if not file.exists():
+                continue
             for line in file.read_text().splitlines():
                 try:
                     raw = json.loads(line)
