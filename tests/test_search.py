@@ -165,3 +165,17 @@ def test_measured_speed_and_latency_constraint(tmp_path):
     assert all(float(r["latency_ms"]) > 0 for r in rows)
     assert result.constrained is not None and result.constrained.latency_ms <= 10.0
     assert result.summary["chosen"]["ratios_to_source"]["latency"] > 0
+
+
+def test_a_diverging_arm_gets_zero_w_and_the_search_goes_on(tmp_path):
+    toy = ToySurrogate(MLP)
+
+    def sometimes_diverges(arch, theta, steps, seed):
+        if arch[0] == 1:
+            raise FloatingPointError("non-finite loss at step 0")
+        return toy(arch, theta, steps, seed)
+
+    result = FPTAS(MLP, POINTS, sometimes_diverges, [{"lr": 3e-3}], epsilon=0.5).run(ResultsStore(tmp_path))
+    assert result.chosen.arch[0] != 1
+    assert all(c.W == 0 for c in result.candidates if c.arch[0] == 1)
+    assert ResultsStore(tmp_path).evaluations()  # infinite errors survive the JSON round trip

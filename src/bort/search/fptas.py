@@ -172,10 +172,7 @@ class FPTAS:
                 ev = done.get((arch, theta, steps))
                 if ev is None:
                     t0 = time.perf_counter()
-                    error = float(self.surrogate(arch, self.thetas[theta], steps, arm_seed(self.seed, arch, theta)))
-                    if not math.isfinite(error) or error <= 0:
-                        raise BortError(f"surrogate error of {arch} with Θ[{theta}] is {error}; lower the learning "
-                                        "rate in Θ")
+                    error = self._error(arch, theta, steps)
                     ev = Evaluation(arch, theta, steps, error, time.perf_counter() - t0)
                     store.add(ev)
                     in_main_file.add(ev.key)
@@ -210,8 +207,7 @@ class FPTAS:
                 ev = done.get((c.arch, theta, steps))
                 if ev is None:
                     t0 = time.perf_counter()
-                    error = float(self.surrogate(c.arch, self.thetas[theta], steps,
-                                                 arm_seed(self.seed, c.arch, theta)))
+                    error = self._error(c.arch, theta, steps)
                     ev = Evaluation(c.arch, theta, steps, error, time.perf_counter() - t0)
                     store.add(ev)
                 if progress is not None:
@@ -225,6 +221,16 @@ class FPTAS:
                 "W_at_epsilon": result.chosen.W, "chosen_at_larger_budget": list(larger),
                 "W_at_larger_budget": best[larger], "W_of_epsilon_choice_at_larger_budget": best[result.chosen.arch],
                 "ratio": ratio, "epsilon": epsilon, "within_1_minus_epsilon": ratio >= 1 - epsilon}
+
+    def _error(self, arch: Arch, theta: int, steps: int) -> float:
+        """ê of one arm; an arm whose training diverges gets ê = inf (so W = 0) instead of stopping the search."""
+        try:
+            error = float(self.surrogate(arch, self.thetas[theta], steps, arm_seed(self.seed, arch, theta)))
+        except FloatingPointError:
+            return math.inf
+        if math.isnan(error) or error <= 0:
+            raise BortError(f"surrogate error of {arch} with Θ[{theta}] is {error}; a surrogate must return ê > 0")
+        return error
 
     def _arm_w(self, arm: tuple[Arch, int], results, by_arch) -> float:
         return w_coefficient(by_arch[arm[0]], self.maximum, self.measured, results[arm].error)
