@@ -63,17 +63,26 @@ def main() -> None:
     p.add_argument("--max-latency-ms", type=float, help="full mode: latency constraint for extract")
     p.add_argument("--max-train-samples", type=int)
     p.add_argument("--transform", default="neighbour")
+    p.add_argument("--theta", help="Agora's Θ (default: one set in quick mode, lr=1e-4,3e-4 in full mode)")
+    p.add_argument("--teacher-only", action="store_true",
+                   help="fine-tune only (a), the teacher, on every task (it needs no student: run it first or "
+                        "beside the student's pre-training; the full run then reuses it)")
     args = p.parse_args()
     quick = args.quick
     tasks = args.tasks or (["RTE", "CB"] if quick else list(ALL_TASKS))
     seeds = args.seeds or ([0] if quick else [0, 1, 2])
     args.pretrain_steps = args.pretrain_steps or (60 if quick else 3000)
-    samples = args.max_train_samples or (160 if quick else 2000)  # SST-2/CoLA/STS-B subsampled; the rest whole
+    samples = args.max_train_samples or (160 if quick else 1000)  # one seeded draw per task; CB and COPA whole
     common = dict(data_dir=args.data_dir, seeds=seeds, epochs=2 if quick else 3, lr=1e-4, batch_size=16,
                   max_seq_len=64 if quick else 128, max_train_samples=samples, resume=True, progress=False)
     out = Path(args.output)
     start = time.time()
     teacher = default_source()
+    if args.teacher_only:
+        for name in tasks:
+            finetune(teacher, name, out / "teacher" / name, **common)
+            print(f"{name}: teacher done at {(time.time() - start) / 60:.1f} min", flush=True)
+        return
     small = student(args, out)
     rows = []
     for name in tasks:
@@ -81,7 +90,8 @@ def main() -> None:
         a = finetune(teacher, name, out / "teacher" / name, **common)
         labeller = str(out / "teacher" / name / "plain" / f"seed-{seeds[0]}")
         bc = agora(small, name, out / "agora" / name, labeller=labeller, compare=True, rounds=2 if quick else 3,
-                   theta=None if quick else "lr=5e-5,1e-4", samples_per_mistake=4, transform=args.transform,
+                   theta=args.theta or (None if quick else "lr=1e-4,3e-4"), samples_per_mistake=4,
+                   transform=args.transform,
                    **common)
         main_metric = get_task(name).metrics[0]
         rows.append({"task": name, "metric": main_metric, "teacher": a, "plain": bc["plain"], "agora": bc["agora"],

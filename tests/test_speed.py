@@ -111,7 +111,7 @@ def test_unknown_runtime_and_preset(monkeypatch):
     with pytest.raises(BortError, match="preset"):
         bench(["bert-huge"])
     assert main(["bench", "--models", "bert-huge"]) == 2
-    assert set(RUNTIMES) == {"torch", "compile", "onnx", "onnx-int8"}
+    assert set(RUNTIMES) == {"torch", "compile", "onnx", "onnx-int8", "onnx-unfused", "onnx-unfused-int8"}
 
 
 def test_missing_onnxruntime_gives_install_hint(monkeypatch, tmp_path, capsys):
@@ -134,3 +134,11 @@ def test_cli_export_prints_the_check(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "max abs diff vs PyTorch" in printed and "random initialisation" in printed
     assert (tmp_path / "out" / "model.onnx").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
+
+
+def test_bert_export_is_fused_and_unfused_on_request(exported, tmp_path):
+    """One Attention op per layer (what makes the graph fast on CPU); --no-fuse keeps the plain graph."""
+    assert exported["fused_ops"]["Attention"] == TINY["num_hidden_layers"]
+    assert exported["fused_ops"]["SkipLayerNormalization"] == 2 * TINY["num_hidden_layers"]
+    plain = export(_config(tmp_path / "tiny"), tmp_path / "plain", threads=1, fuse=False)
+    assert plain["fused_ops"] == {} and plain["check"]["max_abs_diff"] < 1e-4

@@ -183,6 +183,8 @@ def add_export(sub) -> None:
     p.add_argument("--output", required=True, help="folder for model.onnx, tokenizer and config")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--tolerance", type=float, default=1e-3, help="max abs diff allowed vs PyTorch (fp32)")
+    p.add_argument("--no-fuse", dest="fuse", action="store_false",
+                   help="keep the dynamo exporter's graph (no onnxruntime BERT fusions; slower on CPU)")
     p.add_argument("--dev", metavar="FILE",
                    help="labelled dev file (.tsv/.csv/.jsonl): accuracy of a fine-tuned classifier "
                         "in PyTorch, ONNX and int8")
@@ -194,12 +196,14 @@ def run_export(args) -> None:
     from bort.api import export
 
     out = export(args.model, args.output, format=args.format, quantize=args.quantize, opset=args.opset,
-                 tolerance=args.tolerance, dev_file=args.dev)
+                 tolerance=args.tolerance, dev_file=args.dev, fuse=args.fuse)
     if args.json:
         print(json.dumps(out, indent=1))
         return
     sizes = ", ".join(f"{k} {v} MB" for k, v in out["sizes_mb"].items())
     print(f"wrote {', '.join(out['files'].values())} ({sizes})")
+    fused = ", ".join(f"{n} {op}" for op, n in out["fused_ops"].items())
+    print(f"fused: {fused or 'nothing (unfused graph)'}")
     for key in ("check", "check_int8"):
         if key in out:
             c = out[key]

@@ -26,7 +26,8 @@ from bort.errors import BortError
 from bort.speed.latency import hardware_id, time_call
 from bort.speed.models import SpeedModel, example_inputs, input_names, resolve
 
-RUNTIMES = ("torch", "compile", "onnx", "onnx-int8")
+# onnx*: what `bort export` writes (fused for BERT models); onnx-unfused*: the dynamo exporter's graph as is
+RUNTIMES = ("torch", "compile", "onnx", "onnx-int8", "onnx-unfused", "onnx-unfused-int8")
 GEMM_SIZES = (512, 1024, 2048)
 
 
@@ -93,7 +94,8 @@ def _engine(model: SpeedModel, runtime: str, threads: int, onnx_dir: Path,
         return module if runtime == "torch" else torch.compile(module, dynamic=False)
     from bort.speed.export import cached_export, ort_session
 
-    return ort_session(cached_export(model, onnx_dir, int8=runtime == "onnx-int8"), threads, spinning=False)
+    path = cached_export(model, onnx_dir, int8=runtime.endswith("-int8"), fuse="unfused" not in runtime)
+    return ort_session(path, threads, spinning=False)
 
 
 def _call(cell: _Cell, batch_size: int, seq_len: int) -> Callable[[], object]:

@@ -1,9 +1,12 @@
 """ONNX export: the fastest deployable artifact, usable with onnxruntime alone.
 
-We use PyTorch's own exporter (`torch.onnx.export(dynamo=True)`, which needs onnxscript): `optimum`
-would pin an older `transformers` than the rest of bort needs. The export is checked against
-PyTorch on unpadded and padded inputs of shapes other than the traced ones, which also proves the
-batch and sequence axes are dynamic. Optional int8 is onnxruntime's dynamic quantization.
+BERT-family models are exported as optimum does it (optimum itself would pin an older `transformers`
+than the rest of bort needs): PyTorch's TorchScript exporter, then onnxruntime's BERT graph fusions
+(one Attention op per layer, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization); the graphs of
+the newer dynamo exporter do not match those fusion patterns. Other models, and `fuse=False`, use the
+dynamo exporter (`torch.onnx.export(dynamo=True)`, which needs onnxscript). Every export is checked
+against PyTorch on unpadded and padded inputs of shapes other than the traced ones, which also proves
+the batch and sequence axes are dynamic. Optional int8 is onnxruntime's dynamic quantization.
 """
 
 from __future__ import annotations
@@ -99,36 +102,72 @@ def output_names(module: torch.nn.Module) -> list[str]:
     return ["logits"] if classifier else ["last_hidden_state", "pooler_output"]
 
 
-def export_module(module: torch.nn.Module, model: SpeedModel, path: Path, opset: int = 18) -> Path:
-    """Write `module` (eval mode) as ONNX with dynamic batch and sequence axes; returns the .onnx path."""
+def export_module(module: torch.nn.Module, model: SpeedModel, path: Path, opset: int = 18,
+                  fuse: bool = True) -> dict[str, int]:
+    """Write `module` (eval mode) as ONNX with dynamic batch and sequence axes at `path`.
+
+    Returns the fused operators and their counts (empty when the graph was not fused).
+    """
     require_onnx()
     names = input_names(model.config)
     wrapper = _TupleOutputs(module, names, output_names(module)).eval()
     sample = example_inputs(model, batch_size=2, seq_len=min(16, model.family.max_seq_len))
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    dynamic = {n: {0: batch, 1: sequence} for n in names}
     size = sum(p.numel() * p.element_size() for p in module.parameters())
     path.parent.mkdir(parents=True, exist_ok=True)
+    fusable = fuse and model.config.model_type == "bert"
     try:
         with _quiet():
+            if fusable:
+                return _export_fused(wrapper, model, sample, path, opset, large=size > EXTERNAL_DATA_BYTES)
+            batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
             torch.onnx.export(wrapper, (), str(path), kwargs={n: sample[n] for n in names}, dynamo=True,
                               input_names=names, output_names=output_names(module), opset_version=opset,
-                              dynamic_shapes=dynamic, external_data=size > EXTERNAL_DATA_BYTES, verbose=False)
-    except Exception as exc:  # the exporter raises many types; one line is what the user can act on
+                              dynamic_shapes={n: {0: batch, 1: sequence} for n in names},
+                              external_data=size > EXTERNAL_DATA_BYTES, verbose=False)
+    except Exception as exc:  # the exporters raise many types; one line is what the user can act on
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise BortError(f"ONNX export of '{model.label}' failed ({type(exc).__name__}: {first[:200]})"
+        hint = "; try fuse=False (bort export --no-fuse)" if fusable else ""
+        raise BortError(f"ONNX export of '{model.label}' failed ({type(exc).__name__}: {first[:200]}){hint}"
                         ) from exc
-    return path
+    return {}
+
+
+def _export_fused(wrapper: _TupleOutputs, model: SpeedModel, sample: dict[str, torch.Tensor], path: Path,
+                  opset: int, large: bool) -> dict[str, int]:
+    """TorchScript export, then onnxruntime's BERT fusions; the unfused graph is not kept.
+
+    The attention is traced in its eager form: the fusion matches that pattern, not the SDPA one.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    wrapper.model.set_attn_implementation("eager")
+
+    raw = path.with_name(path.stem + ".unfused.onnx")
+    axes = {n: {0: "batch", 1: "sequence"} for n in [*wrapper.inputs, "last_hidden_state"]}
+    axes |= {n: {0: "batch"} for n in ("pooler_output", "logits")}
+    torch.onnx.export(wrapper, tuple(sample[n] for n in wrapper.inputs), str(raw), dynamo=False,
+                      input_names=wrapper.inputs, output_names=wrapper.outputs, opset_version=opset,
+                      dynamic_axes=axes)
+    try:
+        graph = optimize_model(str(raw), model_type="bert", num_heads=model.config.num_attention_heads,
+                               hidden_size=model.config.hidden_size)
+        graph.save_model_to_file(str(path), use_external_data_format=large)
+    finally:
+        for leftover in raw.parent.glob(raw.name + "*"):
+            leftover.unlink()
+    return {op: n for op, n in graph.get_fused_operator_statistics().items() if n}
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:
     """Dynamic int8 quantization of the weights of MatMul/Gemm nodes (activations quantized at run time)."""
     require_onnx()
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet():
+    with _quiet():  # the default tensor type lets the quantizer type the outputs of fused (contrib) ops
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
-                         use_external_data_format=(fp32_path.parent / (fp32_path.name + ".data")).exists())
+                         use_external_data_format=(fp32_path.parent / (fp32_path.name + ".data")).exists(),
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return int8_path
 
 
@@ -228,12 +267,14 @@ def dev_accuracy(module: torch.nn.Module, sessions: dict[str, Any], model: Speed
 
 def export(model: str | os.PathLike, output: str | os.PathLike, format: str = "onnx",
            quantize: str | None = None, opset: int = 18, tolerance: float = 1e-3,
-           threads: int | None = None, dev_file: str | os.PathLike | None = None) -> dict[str, Any]:
+           threads: int | None = None, dev_file: str | os.PathLike | None = None,
+           fuse: bool = True) -> dict[str, Any]:
     """Export `model` to `output` (model.onnx, optional model_int8.onnx, tokenizer, config) and check it.
 
     Returns a report with the files written and the max abs difference vs PyTorch on padded and
     unpadded inputs; fp32 beyond `tolerance` is an error, int8 differences are reported (they are
     expected to be larger; judge them by task accuracy: give a fine-tuned classifier and `dev_file`).
+    `fuse=False` keeps the dynamo exporter's unfused graph for BERT models too.
     """
     if format not in FORMATS:
         raise BortError(f"unknown export format '{format}'; known: {', '.join(FORMATS)}")
@@ -247,11 +288,12 @@ def export(model: str | os.PathLike, output: str | os.PathLike, format: str = "o
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     module = spec.build(head=True)
-    fp32 = export_module(module, spec, out / "model.onnx", opset)
+    fp32 = out / "model.onnx"
+    fusions = export_module(module, spec, fp32, opset, fuse)
     report: dict[str, Any] = {"model": spec.label, "source": spec.source, "output": str(out),
                               "pretrained_weights": spec.weights is not None,
-                              "inputs": input_names(spec.config),
-                              "outputs": output_names(module), "files": {"onnx": str(fp32)}, "opset": opset}
+                              "inputs": input_names(spec.config), "outputs": output_names(module),
+                              "files": {"onnx": str(fp32)}, "opset": opset, "fused_ops": fusions}
     sessions = {"onnx": ort_session(fp32, threads)}
     report["check"] = compare(module, sessions["onnx"], spec)
     if report["check"]["max_abs_diff"] > tolerance:
@@ -281,13 +323,13 @@ def _size(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def cached_export(model: SpeedModel, cache_dir: Path, int8: bool = False) -> Path:
+def cached_export(model: SpeedModel, cache_dir: Path, int8: bool = False, fuse: bool = True) -> Path:
     """The fp32 (or int8) ONNX file of `model` in `cache_dir`, exported once per run for benchmarking."""
-    folder = cache_dir / model.label.replace("/", "_")
+    folder = cache_dir / (model.label.replace("/", "_") + ("" if fuse else "-unfused"))
     fp32 = folder / "model.onnx"
     if not fp32.exists():
         shutil.rmtree(folder, ignore_errors=True)
-        export_module(model.build(), model, fp32)
+        export_module(model.build(), model, fp32, fuse=fuse)
     if not int8:
         return fp32
     path = folder / "model_int8.onnx"
