@@ -148,6 +148,22 @@ def test_token_cache_matches_packing_and_is_reused(corpus, tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
+def test_datasets_corpus_reads_the_train_split_like_files(shared_data, tmp_path):
+    """`hf:NAME` goes through `datasets.load_dataset` (here a local folder: the hub is unreachable)."""
+    lines = [line for line in (shared_data / "text" / "gutenberg" / "austen-emma.txt").read_text()[:20_000]
+             .splitlines() if line.strip()]
+    folder = tmp_path / "emma"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in
+                                                enumerate(lines)))
+    tokenizer = load_tokenizer(default_source())
+    got = cached_sequences([f"hf:{folder}"], tokenizer, 32, cache_dir=tmp_path / "cache")
+    assert torch.equal(torch.from_numpy(np.array(got)).long(), pack_sequences(lines, tokenizer, 32))
+    with pytest.raises(BortError, match="cannot load corpus hf:no-such/corpus.*network"):
+        cached_sequences(["hf:no-such/corpus"], tokenizer, 32, cache_dir=tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache").iterdir() if ".tmp" in p.name]
+
+
 # -- runs ------------------------------------------------------------------------------------------------
 
 def test_hidden_teacher_run_writes_a_stock_folder_with_a_model_card(corpus, tmp_path):

@@ -44,7 +44,8 @@ def add_extract(sub) -> None:
     p.add_argument("--family", default="bert", help="network family (default: bert)")
     p.add_argument("--source", help="model folder, config.json, hub name or preset (default: embedded MiniLM)")
     p.add_argument("--teacher", help="model that defines the surrogate error (default: the source)")
-    p.add_argument("--corpus", action="append", help="text file or folder; repeatable (default: Python's docs)")
+    p.add_argument("--corpus", action="append",
+                   help="text file or folder, or hf:NAME[:CONFIG]; repeatable (default: Python's docs)")
     p.add_argument("--space", default="default", help="'default', 'bort-paper', or a JSON/YAML file")
     p.add_argument("--epsilon", type=float, default=0.2, help="approximation parameter; n(ε) = ceil(8/ε) steps")
     p.add_argument("--steps", type=int, help="override n(ε), the surrogate steps of a finalist")
@@ -93,7 +94,8 @@ def add_pretrain(sub) -> None:
                    help="chosen/ folder from `bort extract`, a config.json, or D,A,H,I (cut from --source)")
     p.add_argument("--source", help="model that D,A,H,I and --init source cut from (default: teacher)")
     p.add_argument("--teacher", help="teacher folder or hub name (default: embedded all-MiniLM-L6-v2)")
-    p.add_argument("--corpus", nargs="*", default=[], help="text files or folders (default: Python's docs)")
+    p.add_argument("--corpus", nargs="*", default=[],
+                   help="text files or folders, or hf:NAME[:CONFIG] for a `datasets` corpus (default: Python's docs)")
     p.add_argument("--output", required=True, help="folder for the model, checkpoints and metrics.jsonl")
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32, help="sequences per process per micro-step")
@@ -184,7 +186,7 @@ def add_export(sub) -> None:
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--tolerance", type=float, default=1e-3, help="max abs diff allowed vs PyTorch (fp32)")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
-                   help="keep the dynamo exporter's graph (no onnxruntime BERT fusions; slower on CPU)")
+                   help="keep the dynamo exporter's graph (no onnxruntime BERT fusions)")
     p.add_argument("--dev", metavar="FILE",
                    help="labelled dev file (.tsv/.csv/.jsonl): accuracy of a fine-tuned classifier "
                         "in PyTorch, ONNX and int8")

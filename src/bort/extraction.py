@@ -254,11 +254,11 @@ def build_surrogate(fam, source, teacher, corpus, thetas, epsilon, steps, batch_
         return ToySurrogate(fam, seed=seed), None
     if fam.name != "bert":
         raise BortError(f"family '{fam.name}' has no built-in surrogate; pass surrogate=callable to bort.extract")
-    from bort.distill.data import corpus_files, pack_sequences, read_documents
+    from bort.distill.data import corpus_files, is_dataset, pack_sequences, read_documents
     from bort.distill.teacher import load_teacher
     from bort.families.bert import PRESETS
 
-    corpus_files(corpus or [])  # fail on a missing corpus before the teacher is loaded
+    corpus_files([c for c in corpus or [] if not is_dataset(c)])  # fail on a missing file before loading the teacher
     if teacher is None:
         teacher = source
     loaded = load_teacher(teacher)

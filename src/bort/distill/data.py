@@ -1,8 +1,9 @@
 """Corpus -> token ids packed into fixed-length sequences, and BERT-style masking.
 
-Text files and folders are read with any encoding problem replaced, not crashed on. With no corpus the
-default is English text every installation already has: the documentation topics that ship with
-Python's standard library (`pydoc_data`).
+Text files and folders are read with any encoding problem replaced, not crashed on. `hf:NAME[:CONFIG]`
+is a `datasets` corpus (its train split, streamed; NAME is a hub name or a local dataset folder). With no
+corpus the default is English text every installation already has: the documentation topics that ship
+with Python's standard library (`pydoc_data`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from bort.errors import BortError
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".tokens", ".raw", ""}
 LINES_PER_CALL = 256
+DATASET_PREFIX = "hf:"
 
 
 def default_corpus() -> list[str]:
@@ -40,22 +42,57 @@ def corpus_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise BortError(f"corpus path {path} does not exist; pass text files or folders")
+            raise BortError(f"corpus path {path} does not exist; pass text files or folders, or hf:NAME for a "
+                            "`datasets` corpus")
     return files
 
 
+def is_dataset(item: str | os.PathLike) -> bool:
+    return str(item).startswith(DATASET_PREFIX)
+
+
+def dataset_documents(spec: str) -> Iterator[str]:
+    """Rows of a `datasets` corpus 'hf:NAME[:CONFIG]': its train split, streamed, column `text` (or the
+    first text column)."""
+    try:
+        import datasets
+    except ImportError:
+        raise BortError(f"corpus {spec} needs the datasets library: pip install 'bort[datasets]'") from None
+    name, _, config = spec[len(DATASET_PREFIX):].partition(":")
+    try:
+        rows = iter(datasets.load_dataset(name, config or None, split="train", streaming=True))
+        first = next(rows, None)
+    except Exception as exc:  # datasets raises many types (network, unknown name, bad config)
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise BortError(f"cannot load corpus {spec}: {reason}; check the name and config (the hub needs "
+                        "the network unless NAME is a local folder)") from None
+    if first is None:
+        return
+    column = "text" if isinstance(first.get("text"), str) else next(
+        (k for k, v in first.items() if isinstance(v, str)), None)
+    if column is None:
+        raise BortError(f"corpus {spec} has no text column (columns: {', '.join(first)})")
+    yield first[column]
+    for row in rows:
+        yield row[column]
+
+
 def read_documents(paths: Iterable[str | os.PathLike] | None) -> Iterator[str]:
-    """Yield documents: one per file (or the default corpus when `paths` is empty)."""
+    """Yield documents: one per file or dataset row (or the default corpus when `paths` is empty)."""
     paths = list(paths or [])
     if not paths:
         yield from default_corpus()
         return
-    for file in corpus_files(paths):
-        try:
-            yield file.read_bytes().decode("utf-8", errors="replace")
-        except OSError as exc:
-            raise BortError(f"cannot read corpus file {file}: {exc.strerror}; check its permissions"
-                            ) from None
+    for item in paths:
+        if is_dataset(item):
+            yield from dataset_documents(str(item))
+            continue
+        for file in corpus_files([item]):
+            try:
+                yield file.read_bytes().decode("utf-8", errors="replace")
+            except OSError as exc:
+                raise BortError(f"cannot read corpus file {file}: {exc.strerror}; check its permissions"
+                                ) from None
 
 
 def pack_sequences(documents: Iterable[str], tokenizer, seq_len: int, max_sequences: int | None = None
@@ -119,11 +156,12 @@ def _cache_key(paths: list[str | os.PathLike], tokenizer, seq_len: int, max_sequ
     import hashlib
     import json
 
-    files = ([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in corpus_files(paths)]
-             if paths else "pydoc_data")
+    files = [[str(item)] if is_dataset(item) else
+             [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in corpus_files([item])]
+             for item in paths] if paths else "pydoc_data"
     vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
     spec = {"files": files, "tokenizer": [type(tokenizer).__name__, vocab], "seq_len": seq_len,
-            "max_sequences": max_sequences, "format": 1}
+            "max_sequences": max_sequences, "format": 2}
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:24]
 
 
@@ -155,16 +193,20 @@ def cached_sequences(paths: Iterable[str | os.PathLike] | None, tokenizer, seq_l
             raise BortError(f"cannot create the token cache {root}: {exc.strerror}; set BORT_CACHE") from None
         tmp = root / f"{key}.bin.tmp{os.getpid()}"
         rows, chunk = 0, []
-        with open(tmp, "wb") as out:
-            for row in iter_packed_rows(read_documents(paths), tokenizer, seq_len):
-                chunk.append(row)
-                rows += 1
-                if len(chunk) >= 1024:
-                    out.write(np.asarray(chunk, dtype=np.int32).tobytes())
-                    chunk = []
-                if max_sequences is not None and rows >= max_sequences:
-                    break
-            out.write(np.asarray(chunk, dtype=np.int32).tobytes())
+        try:
+            with open(tmp, "wb") as out:
+                for row in iter_packed_rows(read_documents(paths), tokenizer, seq_len):
+                    chunk.append(row)
+                    rows += 1
+                    if len(chunk) >= 1024:
+                        out.write(np.asarray(chunk, dtype=np.int32).tobytes())
+                        chunk = []
+                    if max_sequences is not None and rows >= max_sequences:
+                        break
+                out.write(np.asarray(chunk, dtype=np.int32).tobytes())
+        except BaseException:  # a corpus that fails midway leaves no partial file behind
+            tmp.unlink(missing_ok=True)
+            raise
         if rows == 0:
             tmp.unlink()
             raise BortError(f"the corpus is empty or shorter than one sequence of {seq_len} tokens; "
