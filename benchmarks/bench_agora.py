@@ -63,6 +63,8 @@ def main() -> None:
     p.add_argument("--max-latency-ms", type=float, help="full mode: latency constraint for extract")
     p.add_argument("--max-train-samples", type=int)
     p.add_argument("--transform", default="neighbour")
+    p.add_argument("--infill-model", help="masked LM for --transform infill (default: the student, which keeps "
+                                          "its MLM head from bort pretrain)")
     p.add_argument("--theta", help="Agora's Θ (default: one set in quick mode, lr=1e-4,3e-4 in full mode)")
     p.add_argument("--teacher-only", action="store_true",
                    help="fine-tune only (a), the teacher, on every task (it needs no student: run it first or "
@@ -92,7 +94,7 @@ def main() -> None:
         bc = agora(small, name, out / "agora" / name, labeller=labeller, compare=True, rounds=2 if quick else 3,
                    theta=args.theta or (None if quick else "lr=1e-4,3e-4"), samples_per_mistake=4,
                    transform=args.transform,
-                   **common)
+                   infill_model=(args.infill_model or small) if args.transform == "infill" else None, **common)
         main_metric = get_task(name).metrics[0]
         rows.append({"task": name, "metric": main_metric, "teacher": a, "plain": bc["plain"], "agora": bc["agora"],
                      "teacher_ms": a.get("cpu_latency_ms"), "student_ms": bc.get("cpu_latency_ms"),
