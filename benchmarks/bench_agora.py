@@ -79,17 +79,21 @@ def main() -> None:
                   max_seq_len=64 if quick else 128, max_train_samples=samples, resume=True, progress=False)
     out = Path(args.output)
     start = time.time()
-    teacher = default_source()
+
+    def teacher_run(name: str) -> dict:
+        """(a): a finished run is loaded, not retrained, so --teacher-only work is reused."""
+        return finetune(default_source(), name, out / "teacher" / name, **common)
+
     if args.teacher_only:
         for name in tasks:
-            finetune(teacher, name, out / "teacher" / name, **common)
+            teacher_run(name)
             print(f"{name}: teacher done at {(time.time() - start) / 60:.1f} min", flush=True)
         return
     small = student(args, out)
     rows = []
     for name in tasks:
         t0 = time.time()
-        a = finetune(teacher, name, out / "teacher" / name, **common)
+        a = teacher_run(name)
         labeller = str(out / "teacher" / name / "plain" / f"seed-{seeds[0]}")
         bc = agora(small, name, out / "agora" / name, labeller=labeller, compare=True, rounds=2 if quick else 3,
                    theta=args.theta or (None if quick else "lr=1e-4,3e-4"), samples_per_mistake=4,

@@ -254,11 +254,11 @@ def build_surrogate(fam, source, teacher, corpus, thetas, epsilon, steps, batch_
         return ToySurrogate(fam, seed=seed), None
     if fam.name != "bert":
         raise BortError(f"family '{fam.name}' has no built-in surrogate; pass surrogate=callable to bort.extract")
-    from bort.distill.data import corpus_files, is_dataset, pack_sequences, read_documents
+    from bort.distill.data import check_corpus, pack_sequences, read_documents
     from bort.distill.teacher import load_teacher
     from bort.families.bert import PRESETS
 
-    corpus_files([c for c in corpus or [] if not is_dataset(c)])  # fail on a missing file before loading the teacher
+    check_corpus(corpus)  # before the teacher is loaded
     if teacher is None:
         teacher = source
     loaded = load_teacher(teacher)
@@ -271,9 +271,9 @@ def build_surrogate(fam, source, teacher, corpus, thetas, epsilon, steps, batch_
     wanted = 4 * n * batch_size + EVAL_SEQUENCES  # enough for the 4x-budget check without repeating data
     sequences = pack_sequences(read_documents(corpus), loaded.tokenizer, seq_len, max_sequences=wanted)
     source_model = None
-    if init == "source" and str(source) in PRESETS:
-        raise BortError(f"--init source needs a source with weights; preset '{source}' is a config only")
     if init == "source":
+        if str(source) in PRESETS:
+            raise BortError(f"--init source needs a source with weights; preset '{source}' is a config only")
         source_model = loaded.model if str(teacher) == str(source) else load_teacher(source).model
     surrogate = DistillationSurrogate(fam, loaded, sequences, batch_size, EVAL_SEQUENCES, hidden_loss, seed=seed,
                                       source_model=source_model)

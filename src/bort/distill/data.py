@@ -51,6 +51,11 @@ def is_dataset(item: str | os.PathLike) -> bool:
     return str(item).startswith(DATASET_PREFIX)
 
 
+def check_corpus(paths: Iterable[str | os.PathLike] | None) -> None:
+    """Fail early, in one line, on a corpus file or folder that is missing (datasets are checked on load)."""
+    corpus_files([p for p in paths or [] if not is_dataset(p)])
+
+
 def dataset_documents(spec: str) -> Iterator[str]:
     """Rows of a `datasets` corpus 'hf:NAME[:CONFIG]': its train split, streamed, column `text` (or the
     first text column)."""
