@@ -97,6 +97,24 @@ def test_bench_tiny_configs(tmp_path):
     assert "first" in format_table(records) and "GEMM peak" in format_table(records)
 
 
+@pytest.mark.parametrize("prime_below_ms, calls_expected", [(1000.0, 1 + 2 * 3), (0.0, 1 + 3)])
+def test_bench_primes_short_calls_before_timing(monkeypatch, tmp_path, prime_below_ms, calls_expected):
+    """A short call gets an untimed call of its own cell first, so it is not timed on the caches of another."""
+    import bort.speed.bench as speed_bench
+
+    counted = []
+    original = speed_bench._call
+
+    def counting_call(cell, batch_size, seq_len):
+        run = original(cell, batch_size, seq_len)
+        return lambda: counted.append(1) or run()
+
+    monkeypatch.setattr(speed_bench, "_call", counting_call)
+    monkeypatch.setattr(speed_bench, "PRIME_BELOW_MS", prime_below_ms)
+    records = bench([_config(tmp_path / "p")], seq_lens=[8], threads=1, repeats=3, warmup=1, progress=False)
+    assert len(counted) == calls_expected and records[0]["runs"] == 3
+
+
 @pytest.mark.slow
 def test_bench_compile_runtime(tmp_path):
     records = bench([_config(tmp_path / "c")], runtimes=["compile"], seq_lens=[8], threads=1, repeats=2,

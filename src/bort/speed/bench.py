@@ -3,9 +3,12 @@
 Why it is built this way: a speed claim ("20x faster than BERT-large") is only as good as its method.
 Every model runs in eval and inference mode with the same fixed thread count, after warm-up, and the
 timed runs are interleaved round-robin across all model x runtime cells of a shape, so drift in the
-machine (other load, thermal state) hits every cell alike. We report median and p90, and relate the
-achieved GFLOP/s (analytic ops from the family's cost model) to this machine's matrix-multiply peak,
-measured by the same run, so a figure says how far from the hardware limit it is.
+machine (other load, thermal state) hits every cell alike. Interleaving alone would time every call
+with the caches full of the previous model's data, which a server calling one model back to back never
+sees (a small int8 model fits in the L3 cache), so a short call is primed by an untimed call of the
+same cell right before it. We report median and p90, and relate the achieved GFLOP/s (analytic ops
+from the family's cost model) to this machine's matrix-multiply peak, measured by the same run, so a
+figure says how far from the hardware limit it is.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from bort.speed.models import SpeedModel, example_inputs, input_names, resolve
 # onnx*: what `bort export` writes (fused for BERT models); onnx-unfused*: the dynamo exporter's graph as is
 RUNTIMES = ("torch", "compile", "onnx", "onnx-int8", "onnx-unfused", "onnx-unfused-int8")
 GEMM_SIZES = (512, 1024, 2048)
+# Calls shorter than this get an untimed call of the same cell right before each timed one (see _run).
+PRIME_BELOW_MS = 1000.0
 
 
 def _gflops(flops: float, ms: float) -> float:
@@ -85,6 +90,7 @@ class _Cell:
     engine: Any
     times: list[float] = field(default_factory=list)
     error: str | None = None
+    last_ms: float | None = None
 
 
 def _engine(model: SpeedModel, runtime: str, threads: int, onnx_dir: Path,
@@ -192,14 +198,16 @@ def _run(specs: list[SpeedModel], runtimes: Sequence[str], batch_sizes: Sequence
                     if index not in calls:
                         calls[index] = _call(cell, batch_size, seq_len)
                     with torch.inference_mode():
+                        if round_ >= warmup and cell.last_ms is not None and cell.last_ms < PRIME_BELOW_MS:
+                            calls[index]()  # the previous cell evicted this model's weights from the caches
                         start = time.perf_counter()
                         calls[index]()
-                        elapsed = (time.perf_counter() - start) * 1000
+                        cell.last_ms = (time.perf_counter() - start) * 1000
                 except Exception as exc:  # a runtime failing on one model must not lose the others' figures
                     cell.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"
                     continue
                 if round_ >= warmup:
-                    cell.times.append(elapsed)
+                    cell.times.append(cell.last_ms)
             bar.update(1)
         timed[(batch_size, seq_len)] = shape_cells
     bar.close()
