@@ -4,6 +4,7 @@ Full run (about an hour on 2 cores; BERT-large at batch 32 x 512 costs ~11 TFLOP
     python benchmarks/bench_speed.py --json benchmarks/speed.json --plot benchmarks/speed.png
 Quick check (a few minutes): python benchmarks/bench_speed.py --quick
 Add the architecture `bort extract` chose: --extra chosen=path/to/config.json (repeatable).
+The full run times the issue's four runtimes; add others with --runtime (e.g. onnx-unfused).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from bort.speed.bench import RUNTIMES, format_table
 
 BORT_TARGET_SPEEDUP = 40.0  # Bort shape, best runtime, vs BERT-large in PyTorch eager
 PEAK_TARGET = 0.85  # fraction of the measured fp32 GEMM peak at batch 32 x 128
+FULL_RUNTIMES = ["torch", "compile", "onnx", "onnx-int8"]
 
 
 def models(extra: list[str], quick: bool) -> list[str]:
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="batch 1 x 128, torch and onnx, no BERT-large")
     p.add_argument("--extra", action="append", default=[], metavar="CONFIG_OR_FOLDER",
                    help="more models (LABEL=SOURCE allowed), e.g. the architecture bort extract chose")
+    p.add_argument("--runtime", action="append", choices=RUNTIMES, dest="runtimes",
+                   help="runtimes to time (repeatable; default: torch, compile, onnx, onnx-int8; quick: torch, onnx)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, help="timed runs per cell (default: 10, quick 5)")
     p.add_argument("--max-seconds", type=float, default=30.0, help="time cap per cell and shape (>= 3 runs)")
@@ -62,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", help="write a latency plot here")
     args = p.parse_args(argv)
     records = bench(models(args.extra, args.quick),
-                    runtimes=["torch", "onnx"] if args.quick else list(RUNTIMES),
+                    runtimes=args.runtimes or (["torch", "onnx"] if args.quick else FULL_RUNTIMES),
                     batch_sizes=[1] if args.quick else [1, 32], seq_lens=[128] if args.quick else [128, 512],
                     threads=args.threads, repeats=args.repeats or (5 if args.quick else 10),
-                    warmup=1 if args.quick else 2, max_seconds=args.max_seconds, json_path=args.json,
+                    warmup=1, max_seconds=args.max_seconds, json_path=args.json,
                     plot_path=args.plot)
     print(" ".join(["python", *sys.argv]))
     print(format_table(records))
