@@ -116,10 +116,16 @@ def test_bench_primes_short_calls_before_timing(monkeypatch, tmp_path, prime_bel
 
 
 @pytest.mark.slow
-def test_bench_compile_runtime(tmp_path):
-    records = bench([_config(tmp_path / "c")], runtimes=["compile"], seq_lens=[8], threads=1, repeats=2,
-                    warmup=1, progress=False)
-    assert records[0]["median_ms"] > 0 and "error" not in records[0]
+def test_bench_compile_runtime_compiles_every_model_and_shape(tmp_path):
+    """9 graphs of one `forward` exceed dynamo's default limit of 8, past which it would silently run eager."""
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
+    models = [_config(tmp_path / f"c{i}", intermediate_size=64 * i) for i in (1, 2, 3)]
+    records = bench(models, runtimes=["compile"], seq_lens=[8, 12, 16], threads=1, repeats=1, warmup=1,
+                    progress=False)
+    assert len(records) == 9 and all(r["median_ms"] > 0 and "error" not in r for r in records)
+    assert counters["stats"]["unique_graphs"] - before >= 9
 
 
 def test_unknown_runtime_and_preset(monkeypatch):
@@ -160,3 +166,14 @@ def test_bert_export_is_fused_and_unfused_on_request(exported, tmp_path):
     assert exported["fused_ops"]["SkipLayerNormalization"] == 2 * TINY["num_hidden_layers"]
     plain = export(_config(tmp_path / "tiny"), tmp_path / "plain", threads=1, fuse=False)
     assert plain["fused_ops"] == {} and plain["check"]["max_abs_diff"] < 1e-4
+
+
+def test_fused_export_leaves_the_callers_attention_alone(tmp_path):
+    from bort.speed.export import export_module
+    from bort.speed.models import resolve
+
+    spec = resolve(_config(tmp_path / "tiny"))
+    module = spec.build()
+    before = module.config._attn_implementation
+    assert export_module(module, spec, tmp_path / "m.onnx")["Attention"] == TINY["num_hidden_layers"]
+    assert module.config._attn_implementation == before

@@ -96,7 +96,9 @@ class _Cell:
 def _engine(model: SpeedModel, runtime: str, threads: int, onnx_dir: Path,
             modules: dict[str, torch.nn.Module]) -> Any:
     if runtime in ("torch", "compile"):
-        module = modules.setdefault(model.label, model.build())
+        if model.label not in modules:
+            modules[model.label] = model.build()
+        module = modules[model.label]
         return module if runtime == "torch" else torch.compile(module, dynamic=False)
     from bort.speed.export import cached_export, ort_session
 
@@ -181,8 +183,33 @@ def _run(specs: list[SpeedModel], runtimes: Sequence[str], batch_sizes: Sequence
                 cell.error = str(exc)
             cells.append(cell)
     shapes = [(b, s) for b in batch_sizes for s in seq_lens]
-    timed: dict[tuple[int, int], list[_Cell]] = {}
     bar = tqdm(total=len(shapes) * (repeats + warmup), desc="timing", disable=not progress)
+    # Every compiled model x shape is one more graph of the same `forward` code: raise dynamo's limit
+    # so that all of them compile, and fail the cell rather than silently falling back to eager.
+    compiled = sum(c.runtime == "compile" for c in cells) * len(shapes)
+    with torch._dynamo.config.patch(recompile_limit=max(8, compiled + 8), fail_on_recompile_limit_hit=True):
+        timed = _time_shapes(cells, shapes, repeats, warmup, max_seconds, bar)
+    bar.close()
+    peaks["torch"].append(torch_gemm_peak(threads))  # again at the end: the peak is the best seen in the run
+    if use_ort:
+        peaks["onnxruntime"].append(ort_gemm_peak(threads))
+    records = _records(timed, threads, {k: max(v) for k, v in peaks.items() if v})
+    for record in records:
+        record["load_average"] = [load_start, _load()]
+    if json_path:
+        import json
+
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(records, indent=1))
+    if plot_path:
+        plot(records, plot_path)
+    return records
+
+
+def _time_shapes(cells: list[_Cell], shapes: list[tuple[int, int]], repeats: int, warmup: int,
+                 max_seconds: float | None, bar: Any) -> dict[tuple[int, int], list[_Cell]]:
+    """The interleaved timing loop (see the module doc): the timed cells of each shape."""
+    timed = {}
     for batch_size, seq_len in shapes:
         shape_cells = [_Cell(c.model, c.runtime, c.engine, error=c.error) for c in cells]
         calls: dict[int, Callable[[], object]] = {}
@@ -210,21 +237,7 @@ def _run(specs: list[SpeedModel], runtimes: Sequence[str], batch_sizes: Sequence
                     cell.times.append(cell.last_ms)
             bar.update(1)
         timed[(batch_size, seq_len)] = shape_cells
-    bar.close()
-    peaks["torch"].append(torch_gemm_peak(threads))  # again at the end: the peak is the best seen in the run
-    if use_ort:
-        peaks["onnxruntime"].append(ort_gemm_peak(threads))
-    records = _records(timed, threads, {k: max(v) for k, v in peaks.items() if v})
-    for record in records:
-        record["load_average"] = [load_start, _load()]
-    if json_path:
-        import json
-
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(records, indent=1))
-    if plot_path:
-        plot(records, plot_path)
-    return records
+    return timed
 
 
 def _load() -> float | None:

@@ -140,14 +140,17 @@ def _export_fused(wrapper: _TupleOutputs, model: SpeedModel, sample: dict[str, t
     """
     from onnxruntime.transformers.optimizer import optimize_model
 
-    wrapper.model.set_attn_implementation("eager")
-
     raw = path.with_name(path.stem + ".unfused.onnx")
     axes = {n: {0: "batch", 1: "sequence"} for n in [*wrapper.inputs, "last_hidden_state"]}
     axes |= {n: {0: "batch"} for n in ("pooler_output", "logits")}
-    torch.onnx.export(wrapper, tuple(sample[n] for n in wrapper.inputs), str(raw), dynamo=False,
-                      input_names=wrapper.inputs, output_names=wrapper.outputs, opset_version=opset,
-                      dynamic_axes=axes)
+    attention = wrapper.model.config._attn_implementation
+    wrapper.model.set_attn_implementation("eager")
+    try:
+        torch.onnx.export(wrapper, tuple(sample[n] for n in wrapper.inputs), str(raw), dynamo=False,
+                          input_names=wrapper.inputs, output_names=wrapper.outputs, opset_version=opset,
+                          dynamic_axes=axes)
+    finally:  # the caller's module keeps the attention it had
+        wrapper.model.set_attn_implementation(attention)
     try:
         graph = optimize_model(str(raw), model_type="bert", num_heads=model.config.num_attention_heads,
                                hidden_size=model.config.hidden_size)
