@@ -177,3 +177,12 @@ def test_fused_export_leaves_the_callers_attention_alone(tmp_path):
     before = module.config._attn_implementation
     assert export_module(module, spec, tmp_path / "m.onnx")["Attention"] == TINY["num_hidden_layers"]
     assert module.config._attn_implementation == before
+
+
+def test_built_models_do_not_share_a_config(tmp_path):
+    from bort.speed.models import resolve
+
+    spec = resolve(_config(tmp_path / "tiny"))
+    first, second = spec.build(), spec.build()
+    first.set_attn_implementation("eager")
+    assert second.config._attn_implementation != "eager" and spec.config._attn_implementation != "eager"

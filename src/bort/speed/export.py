@@ -162,18 +162,18 @@ def _export_fused(wrapper: _TupleOutputs, model: SpeedModel, sample: dict[str, t
     return {op: n for op, n in graph.get_fused_operator_statistics().items() if n}
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:
+def quantize_int8(fp32_path: Path, int8_path: Path, per_channel: bool = True) -> Path:
     """Dynamic int8 quantization of the weights of MatMul/Gemm/Attention nodes (activations quantized at run time).
 
-    Weights get one scale per output channel: measured on a fine-tuned MiniLM (SST-2 dev), one scale per
-    tensor cost 2.1 accuracy points, one per channel nothing, at the same speed.
+    Weights get one scale per output channel by default: on a fine-tuned MiniLM (SST-2 dev), one scale per
+    tensor cost 2.1 accuracy points, one per channel nothing, for 0-8% more time (benchmarks/bench_int8.py).
     """
     require_onnx()
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet():  # the default tensor type lets the quantizer type the outputs of fused (contrib) ops
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True,
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=per_channel,
                          use_external_data_format=(fp32_path.parent / (fp32_path.name + ".data")).exists(),
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return int8_path

@@ -7,6 +7,7 @@ benchmark; export prefers real weights and says when it had none.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,17 +42,22 @@ class SpeedModel:
             a.endswith(CLASSIFIER_SUFFIX) for a in (self.config.architectures or []))
 
     def build(self, head: bool = False) -> torch.nn.Module:
-        """The model in eval mode: pretrained weights when known, else seeded random weights."""
+        """The model in eval mode: pretrained weights when known, else seeded random weights.
+
+        Each model gets its own copy of the config: transformers keeps settings such as the attention
+        implementation on the config, and a change to one model must not reach the others.
+        """
         model_class = AutoModelForSequenceClassification if head and self.classifier else AutoModel
+        config = copy.deepcopy(self.config)
         if self.weights is not None:
             try:
-                model = model_class.from_pretrained(self.weights, config=self.config)
+                model = model_class.from_pretrained(self.weights, config=config)
             except (OSError, ValueError) as exc:
                 raise BortError(f"cannot load weights of '{self.source}' ({type(exc).__name__}); pass a "
                                 "model folder with model.safetensors or a config.json") from None
         else:
             torch.manual_seed(0)
-            model = model_class.from_config(self.config)
+            model = model_class.from_config(config)
         return model.eval().requires_grad_(False)
 
     def tokenizer_source(self) -> str | None:
