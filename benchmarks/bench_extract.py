@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from bort.extraction import BUILTIN_SPACES, extract
+
 from bort.families import get_family
 from bort.families.bert import default_source
 from bort.speed.latency import hardware_id, time_call

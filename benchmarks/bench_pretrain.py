@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import torch
+from bort.distill.teacher import load_tokenizer
 
 from bort.distill.data import cached_sequences
 from bort.distill.pretrain import pretrain, resolve_arch
-from bort.distill.teacher import load_tokenizer
 from bort.families.bert import default_source
 
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"

@@ -11,24 +11,35 @@ import pytest
 from tests.test_tasks import tiny_model  # noqa: F401 - the shared tiny model fixture
 from transformers import AutoModel
 
-from bort.agora import NeighbourSubstitution, Similarity, carve_dev, parse_theta
+from bort.agora import NeighbourSubstitution, Similarity, carve_dev
 from bort.agora.labelling import Labeller
-from bort.agora.rounds import neighbours
+from bort.agora.rounds import THETA_KEYS, neighbours
 from bort.agora.transforms import make_transform
 from bort.cli import main
-from bort.distill.teacher import load_tokenizer
+from bort.config import AgoraConfig, ExtractConfig, FinetuneConfig, parse_theta
 from bort.errors import BortError
+from bort.io import load_tokenizer
 from bort.tasks import get_task
-from bort.tasks.finetune import FinetuneConfig, train
+from bort.tasks.finetune import train
 
 
-def test_theta_is_a_grid():
-    assert parse_theta("lr=1e-5,2e-5;batch_size=8,16") == [
+def test_theta_is_one_grid_grammar_in_every_command(tmp_path):
+    base = AgoraConfig(task="CB", output="x")
+    assert parse_theta("lr=1e-5,2e-5;batch_size=8,16", base, THETA_KEYS) == [
         {"lr": 1e-5, "batch_size": 8}, {"lr": 1e-5, "batch_size": 16},
         {"lr": 2e-5, "batch_size": 8}, {"lr": 2e-5, "batch_size": 16}]
-    assert parse_theta(None) == [{}]
-    with pytest.raises(BortError, match="KEY=V1,V2"):
-        parse_theta("momentum=0.9")
+    assert parse_theta(None, base, THETA_KEYS) == [{}]
+    with pytest.raises(BortError, match="unknown key 'momentum'"):
+        parse_theta("momentum=0.9", base, THETA_KEYS)
+    with pytest.raises(BortError, match="lr is given twice; list its values once"):
+        parse_theta("lr=1e-3;lr=3e-3", ExtractConfig(), ("lr",))
+    with pytest.raises(BortError, match="--lr must be above 0"):
+        parse_theta("lr=-1", ExtractConfig(), ("lr",))
+    with pytest.raises(BortError, match="--lr must be a finite number"):
+        parse_theta("lr=nan", ExtractConfig(), ("lr",))
+    (tmp_path / "theta.yaml").write_text("- {lr: 0.001}\n- {lr: 0.003, warmup: 0.2}\n")
+    assert parse_theta(str(tmp_path / "theta.yaml"), ExtractConfig(), ("lr", "warmup")) == [
+        {"lr": 0.001}, {"lr": 0.003, "warmup": 0.2}]
 
 
 def test_agora_dev_is_carved_from_train_stratified(shared_data):
@@ -70,8 +81,8 @@ def test_transforms_change_words_and_the_band_filters(tiny_model):  # noqa: F811
 def test_labeller_label_set_must_match(tmp_path, shared_data, tiny_model):  # noqa: F811
     rte = get_task("RTE")
     folder = tmp_path / "rte-labeller"
-    train(tiny_model, rte, rte.load("train", shared_data)[:4], FinetuneConfig(max_steps=1, batch_size=2,
-                                                                             max_seq_len=16), folder, progress=False)
+    train(tiny_model, rte, rte.load("train", shared_data)[:4], FinetuneConfig(
+        task="RTE", output=str(folder), max_steps=1, batch_size=2, max_seq_len=16, progress=False), folder)
     assert Labeller(folder, rte).names == ["entailment", "not_entailment"]
     with pytest.raises(BortError, match=r"label set \(entailment, not_entailment\) differs from task CB"):
         Labeller(folder, get_task("CB"))

@@ -24,7 +24,7 @@ def tiny_run(tmp_path_factory, wiki_text):
     bort = shutil.which("bort")
     assert bort, "the bort console script is not installed; pip install -e ."
     done = subprocess.run([bort, "extract", "--space", str(space), "--corpus", str(wiki_text), "--steps", "8",
-                           "--theta", "lr=1e-3", "--batch-size", "4", "--seq-len", "32", "--max-params", "6.5e6",
+                           "--theta", "lr=1e-3", "--batch-size", "4", "--max-seq-len", "32", "--max-params", "6.5e6",
                            "--output", str(out)], capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done.stdout
@@ -37,7 +37,9 @@ def test_outputs(tiny_run):
     assert list(rows[0])[:11] == ["D", "A", "H", "I", "params", "effective_params", "ops", "latency_ms",
                                   "surrogate_error", "W", "pareto"]
     assert len(rows) == 8 and all(r["latency_ms"] == "" for r in rows)
-    assert {r["pareto"] for r in rows} <= {"true", "false"} and any(r["pareto"] == "true" for r in rows)
+    assert {r["pareto"] for r in rows} <= {"true", "false", ""} and any(r["pareto"] == "true" for r in rows)
+    at_budget = {r["steps"] for r in rows if r["pareto"]}
+    assert at_budget == {"8"} and all(r["pareto"] == "" for r in rows if r["steps"] != "8")
     result = json.loads((out / "result.json").read_text())
     assert result["n"] == 8 and result["space_size"] == 8
     assert set(result["chosen"]["arch"]) == {"D", "A", "H", "I"}
@@ -80,4 +82,4 @@ def test_bad_input_gets_one_line(tmp_path, capsys, tiny_run):
     assert "does not exist" in one_line_error(capsys, "extract", "--corpus", str(tmp_path / "missing.txt"),
                                               "--output", str(tmp_path / "c"), "--quiet")
     assert "local model folder" in one_line_error(capsys, "extract", "--source", "bert-base-uncased")
-    assert "already holds a run" in one_line_error(capsys, "extract", "--output", str(out))
+    assert "already holds files; pass --resume" in one_line_error(capsys, "extract", "--output", str(out))

@@ -12,9 +12,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModel
 
 from bort.errors import BortError
-from bort.extraction import BUILTIN_SPACES, load_space
 from bort.families import Space, get_family, parse_arch
 from bort.families.bert import BertFamily
+from bort.search.extraction import BUILTIN_SPACES, load_space
 
 
 def numel(module: torch.nn.Module) -> int:
@@ -118,7 +118,7 @@ def test_unknown_family():
 
 
 def test_offline_hub_name_gives_one_line():
-    with pytest.raises(BortError, match="cannot load source 'bert-base-uncased'.*local model folder"):
+    with pytest.raises(BortError, match="cannot load a config from 'bert-base-uncased'.*unreachable.*local model"):
         get_family("bert", source="bert-base-uncased")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bort.errors import BortError
-from bort.extraction import extract
+from bort import extract
+from bort.errors import BortError, NonFiniteLoss
 from bort.families import Space, get_family
 from bort.search.fptas import FPTAS, Candidate, Constraints, rung_schedule, steps_for_epsilon, w_coefficient
 from bort.search.pareto import pareto_mask
@@ -74,15 +75,17 @@ def test_constraints_pick_a_feasible_finalist(tmp_path):
         make_search(constraints=Constraints(max_params=1))
 
 
-def test_store_ignores_a_line_cut_short(tmp_path):
+def test_store_ignores_a_line_cut_short_and_appends_after_it(tmp_path):
     store = ResultsStore(tmp_path)
     store.open({"a": 1})
     store.add(Evaluation((1, 2), 0, 4, 0.5, 1.0))
     with open(store.path, "a") as f:
         f.write('{"arch": [3, 4], "theta": 0, "ste')
     assert list(store.evaluations()) == [((1, 2), 0, 4)]
-    with pytest.raises(BortError, match="already holds a run"):
-        ResultsStore(tmp_path).open({"a": 1})
+    store.add(Evaluation((5, 6), 0, 4, math.inf, 1.0))  # a diverged arm, after the torn line
+    lines = store.path.read_text().splitlines()
+    assert [json.loads(line)["arch"] for line in lines] == [[1, 2], [5, 6]]  # strict JSON, nothing glued
+    assert "Infinity" not in store.path.read_text() and store.evaluations()[((5, 6), 0, 4)].error == math.inf
     with pytest.raises(BortError, match="settings differ.*a"):
         ResultsStore(tmp_path).open({"a": 2}, resume=True)
 
@@ -118,7 +121,7 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "bort.cli", *args]
 
 
-MLP_RUN = ("extract", "--family", "mlp", "--epsilon", "0.1", "--theta", "lr=3e-3;lr=1e-2", "--quiet")
+MLP_RUN = ("extract", "--family", "mlp", "--epsilon", "0.1", "--theta", "lr=3e-3,1e-2", "--quiet")
 
 
 def test_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
@@ -137,6 +140,8 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert not (cut / "result.json").exists(), "the run finished before it could be killed"
     done = subprocess.run(cli(*MLP_RUN, "--output", str(cut)), capture_output=True, text=True)
     assert done.returncode == 2 and "--resume" in done.stderr
+    with open(cut / "evaluations.jsonl", "a") as f:  # a SIGKILL can leave half a line
+        f.write('{"arch": [1, 4, 16, 4')
     subprocess.run(cli(*MLP_RUN, "--output", str(cut), "--resume"), check=True, capture_output=True)
     assert read_csv(cut / "candidates.csv") == read_csv(tmp_path / "full" / "candidates.csv")
     resumed, full = (json.loads((d / "result.json").read_text()) for d in (cut, tmp_path / "full"))
@@ -145,8 +150,7 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 def test_two_processes_share_the_candidates(tmp_path):
     """torchrun with 2 CPU processes (gloo): candidates are split, gathered into one identical store."""
-    single = extract(family="mlp", epsilon=0.25, output=tmp_path / "one", progress=False, verbose=False,
-                     thetas="lr=3e-3")
+    single = extract(family="mlp", epsilon=0.25, output=str(tmp_path / "one"), progress=False, theta="lr=3e-3")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "bort.cli",
                           "extract", "--family", "mlp", "--epsilon", "0.25", "--theta", "lr=3e-3", "--quiet",
@@ -159,23 +163,34 @@ def test_two_processes_share_the_candidates(tmp_path):
 
 
 def test_measured_speed_and_latency_constraint(tmp_path):
-    result = extract(family="mlp", epsilon=0.5, thetas="lr=3e-3", speed="measured", max_latency_ms=10.0,
-                     output=tmp_path, progress=False, verbose=False)
+    result = extract(family="mlp", epsilon=0.5, theta="lr=3e-3", speed="measured", max_latency_ms=10.0,
+                     output=str(tmp_path), progress=False)
     rows = read_csv(tmp_path / "candidates.csv")
     assert all(float(r["latency_ms"]) > 0 for r in rows)
     assert result.constrained is not None and result.constrained.latency_ms <= 10.0
     assert result.summary["chosen"]["ratios_to_source"]["latency"] > 0
 
 
-def test_a_diverging_arm_gets_zero_w_and_the_search_goes_on(tmp_path):
+def test_a_diverging_or_nan_arm_gets_zero_w_and_the_search_goes_on(tmp_path):
     toy = ToySurrogate(MLP)
 
     def sometimes_diverges(arch, theta, steps, seed):
         if arch[0] == 1:
-            raise FloatingPointError("non-finite loss at step 0")
+            raise NonFiniteLoss("the loss became non-finite")
+        if arch[0] == 2:
+            return float("nan")  # an evaluation that returns NaN is a diverged arm too
         return toy(arch, theta, steps, seed)
 
     result = FPTAS(MLP, POINTS, sometimes_diverges, [{"lr": 3e-3}], epsilon=0.5).run(ResultsStore(tmp_path))
-    assert result.chosen.arch[0] != 1
-    assert all(c.W == 0 for c in result.candidates if c.arch[0] == 1)
-    assert ResultsStore(tmp_path).evaluations()  # infinite errors survive the JSON round trip
+    assert result.chosen.arch[0] > 2
+    assert all(c.W == 0 for c in result.candidates if c.arch[0] <= 2)
+    assert ResultsStore(tmp_path).evaluations()  # infinite errors survive the strict-JSON round trip
+
+
+def test_a_real_diverging_arm_in_the_engine_is_scored_inf(tmp_path):
+    """The toy surrogate trains through the engine: a learning rate that blows up raises NonFiniteLoss there,
+    and the search scores that arm ê = inf instead of stopping."""
+    result = extract(family="mlp", epsilon=0.5, theta="lr=3e-3,1e12", output=str(tmp_path), progress=False)
+    assert all(c.theta == 0 for c in result.search.candidates)  # the blown-up Θ entry never wins
+    errors = [json.loads(line)["error"] for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
+    assert None in errors and "Infinity" not in (tmp_path / "result.json").read_text()

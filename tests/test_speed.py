@@ -10,10 +10,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
+from bort import bench, export
 from bort.cli import main
+from bort.config import BenchConfig
 from bort.errors import BortError
-from bort.speed.bench import RUNTIMES, bench, format_table
-from bort.speed.export import export
+from bort.speed.bench import format_table
 
 pytest.importorskip("onnxruntime")
 
@@ -30,7 +31,7 @@ def _config(folder, **overrides) -> str:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    return export(_config(root / "tiny"), root / "onnx", quantize="int8", threads=1)
+    return export(_config(root / "tiny"), root / "onnx", quantize="int8", threads=1).report
 
 
 def test_export_matches_pytorch_padded_and_unpadded(exported):
@@ -65,7 +66,7 @@ def test_export_keeps_classification_head_and_measures_dev_accuracy(tmp_path):
             for i in range(40)]
     (tmp_path / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
     out = export(tmp_path / "clf", tmp_path / "onnx", quantize="int8", threads=1,
-                 dev_file=tmp_path / "dev.tsv")
+                 dev_file=str(tmp_path / "dev.tsv")).report
     assert out["outputs"] == ["logits"] and out["pretrained_weights"]
     assert out["check"]["max_abs_diff"] < 1e-4 and out["check"]["padded_argmax_agreement"] == 1.0
     dev = out["dev"]
@@ -73,15 +74,15 @@ def test_export_keeps_classification_head_and_measures_dev_accuracy(tmp_path):
     assert dev["accuracy"]["onnx"] == dev["accuracy"]["torch"]  # fp32 ONNX makes the same decisions
     assert dev["int8_change"] == dev["accuracy"]["onnx_int8"] - dev["accuracy"]["onnx"]
     with pytest.raises(BortError, match="sequence-classification head"):
-        export(_config(tmp_path / "bare"), tmp_path / "x", dev_file=tmp_path / "dev.tsv")
+        export(_config(tmp_path / "bare"), tmp_path / "x", dev_file=str(tmp_path / "dev.tsv"))
 
 
 def test_bench_tiny_configs(tmp_path):
     small = _config(tmp_path / "small")
     wide = _config(tmp_path / "wide", hidden_size=64, intermediate_size=128)
     records = bench([f"first={small}", wide], runtimes=["torch", "onnx", "onnx-int8"], batch_sizes=[1, 2],
-                    seq_lens=[8], threads=1, repeats=2, warmup=1, json_path=tmp_path / "r.json",
-                    plot_path=tmp_path / "r.png", progress=False)
+                    seq_lens=[8], threads=1, repeats=2, warmup_runs=1, json_path=tmp_path / "r.json",
+                    plot=str(tmp_path / "r.png"), progress=False).records
     assert len(records) == 2 * 3 * 2
     assert json.loads((tmp_path / "r.json").read_text()) == records and (tmp_path / "r.png").stat().st_size
     for r in records:
@@ -111,7 +112,8 @@ def test_bench_primes_short_calls_before_timing(monkeypatch, tmp_path, prime_bel
 
     monkeypatch.setattr(speed_bench, "_call", counting_call)
     monkeypatch.setattr(speed_bench, "PRIME_BELOW_MS", prime_below_ms)
-    records = bench([_config(tmp_path / "p")], seq_lens=[8], threads=1, repeats=3, warmup=1, progress=False)
+    records = bench([_config(tmp_path / "p")], seq_lens=[8], threads=1, repeats=3, warmup_runs=1,
+                    progress=False).records
     assert len(counted) == calls_expected and records[0]["runs"] == 3
 
 
@@ -122,20 +124,21 @@ def test_bench_compile_runtime_compiles_every_model_and_shape(tmp_path):
 
     before = counters["stats"]["unique_graphs"]
     models = [_config(tmp_path / f"c{i}", intermediate_size=64 * i) for i in (1, 2, 3)]
-    records = bench(models, runtimes=["compile"], seq_lens=[8, 12, 16], threads=1, repeats=1, warmup=1,
-                    progress=False)
+    records = bench(models, runtimes=["compile"], seq_lens=[8, 12, 16], threads=1, repeats=1, warmup_runs=1,
+                    progress=False).records
     assert len(records) == 9 and all(r["median_ms"] > 0 and "error" not in r for r in records)
     assert counters["stats"]["unique_graphs"] - before >= 9
 
 
 def test_unknown_runtime_and_preset(monkeypatch):
-    with pytest.raises(BortError, match="unknown runtime 'tpu'.*torch, compile"):
+    with pytest.raises(BortError, match="--runtime must be one of torch, compile.*not 'tpu'"):
         bench(["bort"], runtimes=["tpu"])
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(BortError, match="preset"):
         bench(["bert-huge"])
     assert main(["bench", "--models", "bert-huge"]) == 2
-    assert set(RUNTIMES) == {"torch", "compile", "onnx", "onnx-int8", "onnx-unfused", "onnx-unfused-int8"}
+    runtimes = BenchConfig.__dataclass_fields__["runtimes"].metadata["choices"]
+    assert set(runtimes) == {"torch", "compile", "onnx", "onnx-int8", "onnx-unfused", "onnx-unfused-int8"}
 
 
 def test_missing_onnxruntime_gives_install_hint(monkeypatch, tmp_path, capsys):
@@ -164,7 +167,7 @@ def test_bert_export_is_fused_and_unfused_on_request(exported, tmp_path):
     """One Attention op per layer (what makes the graph fast on CPU); --no-fuse keeps the plain graph."""
     assert exported["fused_ops"]["Attention"] == TINY["num_hidden_layers"]
     assert exported["fused_ops"]["SkipLayerNormalization"] == 2 * TINY["num_hidden_layers"]
-    plain = export(_config(tmp_path / "tiny"), tmp_path / "plain", threads=1, fuse=False)
+    plain = export(_config(tmp_path / "tiny"), tmp_path / "plain", threads=1, fuse=False).report
     assert plain["fused_ops"] == {} and plain["check"]["max_abs_diff"] < 1e-4
 
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
 
+import bort
+from bort.config import FinetuneConfig
 from bort.errors import BortError
-from bort.families.bert import default_source
+from bort.io import default_source, load_tokenizer
 from bort.tasks import file_task, get_task, list_tasks
 from bort.tasks import finetune as ft
 from bort.tasks.metrics import compute, mean_std
@@ -20,8 +22,6 @@ from bort.tasks.metrics import compute, mean_std
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 1-layer BERT with an MLM head and the real MiniLM tokenizer: fast, and the vocabulary is real."""
-    from bort.distill.teacher import load_tokenizer
-
     folder = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -92,6 +92,19 @@ def test_registry_errors_are_one_line(tmp_path, shared_data):
     (bad / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
     with pytest.raises(BortError, match="train set is empty"):
         ft.load_data(get_task("RTE"), tmp_path)
+    (bad / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tc\td\t\n")
+    with pytest.raises(BortError, match="train row 2 has no label"):  # at load time, not hours into training
+        ft.load_data(get_task("RTE"), tmp_path)
+
+
+def test_datasets_and_run_glue_names_are_accepted():
+    pairs = {"stsb": "STS-B", "sst2": "SST-2", "mnli": "MNLI", "qnli": "QNLI", "qqp": "QQP", "cola": "CoLA",
+             "mrpc": "MRPC", "rte": "RTE", "wnli": "WNLI", "boolq": "BoolQ", "cb": "CB", "copa": "COPA",
+             "wic": "WiC", "wsc": "WSC", "glue/stsb": "STS-B", "superglue/rte": "RTE"}
+    for alias, name in pairs.items():
+        assert get_task(alias).name == name, alias
+    assert get_task("rte").benchmark == "glue" and get_task("superglue/rte").benchmark == "superglue"
+    assert "stsb" not in list_tasks()  # the listing names each task once
 
 
 def test_custom_task_with_column_mapping(tmp_path):
@@ -121,37 +134,47 @@ def test_submission_formats(tmp_path, shared_data):
     assert json.loads((tmp_path / "CB.jsonl").read_text()) == {"idx": 0, "label": "neutral"}
 
 
-def test_finetune_writes_stock_folders_per_seed(tmp_path, shared_data, tiny_model):
-    out = ft.finetune(tiny_model, "RTE", tmp_path / "rte", data_dir=shared_data, seeds=[0, 1], max_steps=2,
-                      batch_size=4, max_seq_len=32, max_train_samples=16, measure_latency=False, progress=False)
-    assert set(out["plain"]["seeds"]) == {"0", "1"} and "accuracy" in out["plain"]["mean"]
+def test_finetune_writes_stock_folders_per_seed_and_the_best_at_the_top(tmp_path, shared_data, tiny_model):
+    out = bort.finetune(tiny_model, "rte", tmp_path / "rte", data_dir=shared_data, seeds=[0, 1], max_steps=2,
+                        batch_size=4, max_seq_len=32, max_train_samples=16, measure_latency=False, progress=False)
+    assert set(out.summary["plain"]["seeds"]) == {"0", "1"} and "accuracy" in out.summary["plain"]["mean"]
     folder = tmp_path / "rte" / "plain" / "seed-1"
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     assert model.config.id2label == {0: "entailment", 1: "not_entailment"}
     assert (folder / "RTE.tsv").read_text().count("\n") == 3001 and (folder / "README.md").is_file()
-    with pytest.raises(BortError, match="not empty; pass --resume"):
-        ft.finetune(tiny_model, "RTE", tmp_path / "rte", data_dir=shared_data)
-    ft.finetune(tiny_model, "COPA", tmp_path / "copa", data_dir=shared_data, max_steps=1, batch_size=2,
-                max_seq_len=32, max_train_samples=8, measure_latency=False, progress=False)
+    top, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rte", output_loading_info=True)
+    assert not info["missing_keys"] and out.best_seed in (0, 1)  # the output folder itself is the best model
+    best = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rte" / "plain" / f"seed-{out.best_seed}")
+    assert all(torch.equal(a, b) for a, b in zip(top.state_dict().values(), best.state_dict().values(), strict=True))
+    with pytest.raises(BortError, match="already holds files; pass --resume"):
+        bort.finetune(tiny_model, "RTE", tmp_path / "rte", data_dir=shared_data)
+    bort.finetune(tiny_model, "COPA", tmp_path / "copa", data_dir=shared_data, max_steps=1, batch_size=2,
+                  max_seq_len=32, max_train_samples=8, measure_latency=False, progress=False)
     assert AutoModelForMultipleChoice.from_pretrained(tmp_path / "copa" / "plain" / "seed-0")
+    assert AutoModelForMultipleChoice.from_pretrained(tmp_path / "copa")
 
 
 def test_resume_after_a_crash_continues_the_same_trajectory(tmp_path, shared_data, tiny_model, monkeypatch):
     task = get_task("STS-B")
     data = task.load("train", shared_data)[:24]
-    config = ft.FinetuneConfig(max_steps=5, batch_size=4, max_seq_len=32, save_every=2, seed=3)
-    whole, _ = ft.train(tiny_model, task, data, config, tmp_path / "whole", progress=False)
+    config = FinetuneConfig(task="STS-B", output=str(tmp_path), max_steps=5, batch_size=4, max_seq_len=32,
+                            save_every=2, seed=3, progress=False)
+    whole, _ = ft.train(tiny_model, task, data, config, tmp_path / "whole")
+    real = ft.TaskBatches.batch
 
-    def crash(step: int) -> None:
+    def crash(self, step, *args):
         if step == 3:
             raise KeyboardInterrupt
+        return real(self, step, *args)
 
-    monkeypatch.setattr(ft, "_after_step", crash)
+    monkeypatch.setattr(ft.TaskBatches, "batch", crash)
     with pytest.raises(KeyboardInterrupt):
-        ft.train(tiny_model, task, data, config, tmp_path / "crashed", progress=False)
-    assert (tmp_path / "crashed" / "checkpoint" / "state.pt").is_file()
-    monkeypatch.setattr(ft, "_after_step", lambda step: None)
-    resumed, steps = ft.train(tiny_model, task, data, config, tmp_path / "crashed", resume=True, progress=False)
-    assert steps == 5 and not (tmp_path / "crashed" / "checkpoint").exists()
+        ft.train(tiny_model, task, data, config, tmp_path / "crashed")
+    assert (tmp_path / "crashed" / "checkpoints" / "checkpoint-00000002" / "state.json").is_file()
+    monkeypatch.setattr(ft.TaskBatches, "batch", real)
+    resumed, steps = ft.train(tiny_model, task, data, config, tmp_path / "crashed", resume=True)
+    assert steps == 5 and not (tmp_path / "crashed" / "checkpoints").exists()
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+    with pytest.raises(BortError, match="finished run with other settings.*lr"):
+        ft.train(tiny_model, task, data, FinetuneConfig(**{**config.to_dict(), "lr": 1e-3}), tmp_path / "crashed")

@@ -1,13 +1,19 @@
 """bort: make BERT-family encoders small and fast without losing accuracy.
 
-The public API, one function per step: cost, extract, pretrain, finetune, agora, bench, export.
+The public API, one function per step: cost, extract, pretrain, finetune, agora, bench, export. It is imported
+on first use, so `import bort` (and `bort --help`) does not pay for torch and transformers.
 """
 
+from bort.errors import BortError
+
 __version__ = "0.1.0"
+__all__ = ["BortError", "CostResult", "ExportResult", "ExtractionResult", "TaskResult", "agora", "bench", "cost",
+           "export", "extract", "finetune", "pretrain", "register_family"]
 
-from bort.api import ExtractionResult, agora, bench, cost, export, extract, finetune, pretrain  # noqa: E402
-from bort.errors import BortError  # noqa: E402
-from bort.families import register_family  # noqa: E402
 
-__all__ = ["BortError", "ExtractionResult", "agora", "bench", "cost", "export", "extract", "finetune", "pretrain",
-           "register_family"]
+def __getattr__(name: str):
+    if name in __all__:
+        from bort import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'bort' has no attribute '{name}'")

@@ -1,24 +1,18 @@
-"""Tables, CSV, JSON and plots of a search: what users read after `bort extract`."""
+"""Tables, CSV and plots of a search: what users read after `bort extract`."""
 
 from __future__ import annotations
 
 import csv
-import json
-import os
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bort import io as bort_io
 from bort.search.fptas import Candidate
 
 CANDIDATE_COLUMNS = ("params", "effective_params", "ops", "latency_ms", "surrogate_error", "W", "pareto",
                      "steps", "theta")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def candidate_row(c: Candidate, names: Sequence[str]) -> dict[str, Any]:
@@ -26,18 +20,20 @@ def candidate_row(c: Candidate, names: Sequence[str]) -> dict[str, Any]:
     row.update(params=c.params, effective_params=c.effective_params, ops=c.ops,
                latency_ms="" if c.latency_ms is None else round(c.latency_ms, 3),
                surrogate_error=None if c.error is None else round(c.error, 6),
-               W=None if c.W is None else round(c.W, 6), pareto=str(c.pareto).lower(), steps=c.steps, theta=c.theta)
+               W=None if c.W is None else round(c.W, 6), pareto="" if c.pareto is None else str(c.pareto).lower(),
+               steps=c.steps, theta=c.theta)
     return row
 
 
 def write_candidates_csv(path: Path, candidates: Sequence[Candidate], names: Sequence[str]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*names, *CANDIDATE_COLUMNS])
-        writer.writeheader()
-        for c in sorted(candidates, key=lambda c: (-(c.W or 0), c.arch)):
-            writer.writerow(candidate_row(c, names))
-    os.replace(tmp, path)
+    """One row per trained candidate, best W first; `pareto` is empty for candidates not trained to the full
+    budget (their ê is not comparable with the finalists')."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[*names, *CANDIDATE_COLUMNS])
+    writer.writeheader()
+    for c in sorted(candidates, key=lambda c: (-(c.W or 0), c.arch)):
+        writer.writerow(candidate_row(c, names))
+    bort_io.write_text(path, buffer.getvalue())
 
 
 def plot_pareto(path: Path, candidates: Sequence[Candidate], chosen: Candidate, constrained: Candidate | None,

@@ -6,11 +6,8 @@ import os
 import re
 from typing import Any
 
-from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification
-
-from bort.distill.teacher import load_tokenizer
+from bort import io
 from bort.errors import BortError
-from bort.families.bert import load_config
 from bort.tasks.finetune import decide, predict
 from bort.tasks.registry import Example, Task
 
@@ -45,11 +42,11 @@ class Labeller:
     """Predicts task labels for new points with a fine-tuned model folder (checked against the task)."""
 
     def __init__(self, folder: str | os.PathLike, task: Task, max_seq_len: int = 128, batch_size: int = 64):
-        config = load_config(folder)
+        config = io.load_config(folder)
         self.names = label_names(config, task, str(folder))
-        cls = AutoModelForMultipleChoice if task.kind == "multiple_choice" else AutoModelForSequenceClassification
-        self.model = cls.from_pretrained(str(folder), config=config).eval()
-        self.tokenizer = load_tokenizer(folder)
+        kind = "multiple-choice" if task.kind == "multiple_choice" else "classification"
+        self.model = io.load_model(folder, kind, config)
+        self.tokenizer = io.load_tokenizer(folder)
         self.task, self.max_seq_len, self.batch_size, self.folder = task, max_seq_len, batch_size, str(folder)
 
     def label(self, examples: list[Example]) -> list[Any]:

@@ -17,11 +17,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoModelForMaskedLM
 
-from bort.distill.teacher import load_tokenizer
+from bort import io
 from bort.errors import BortError
-from bort.families.bert import load_config
 
 TRANSFORMS = ("neighbour", "infill")
 
@@ -141,10 +139,7 @@ class Similarity:
 
 def load_encoder(source: str | os.PathLike) -> torch.nn.Module:
     """The plain encoder of a model folder (any head is dropped), in eval mode."""
-    try:
-        return AutoModel.from_pretrained(str(source), config=load_config(source)).eval()
-    except (OSError, ValueError) as exc:
-        raise BortError(f"cannot load an encoder from '{source}' ({type(exc).__name__})") from None
+    return io.load_model(source, "base")
 
 
 def make_transform(name: str, encoder: torch.nn.Module, tokenizer: Any, fraction: float = 0.15,
@@ -156,9 +151,9 @@ def make_transform(name: str, encoder: torch.nn.Module, tokenizer: Any, fraction
         if infill_model is None:
             raise BortError("transform 'infill' needs a masked-LM: pass --infill-model DIR (for example a "
                             "`bort pretrain` output, which keeps its MLM head)")
-        config = load_config(infill_model)
+        config = io.load_config(infill_model)
         if not any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in (config.architectures or [])):
             raise BortError(f"--infill-model {infill_model} has no masked-LM head; pass an ...ForMaskedLM model")
-        mlm = AutoModelForMaskedLM.from_pretrained(str(infill_model), config=config)
-        return MaskedInfilling(mlm, load_tokenizer(infill_model), fraction, max(k, 2))
+        mlm = io.load_model(infill_model, "masked-lm", config)
+        return MaskedInfilling(mlm, io.load_tokenizer(infill_model), fraction, max(k, 2))
     raise BortError(f"unknown transform '{name}'; choose one of {', '.join(TRANSFORMS)}")

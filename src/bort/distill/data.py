@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from bort import io
 from bort.errors import BortError
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".tokens", ".raw", ""}
@@ -100,24 +101,6 @@ def read_documents(paths: Iterable[str | os.PathLike] | None) -> Iterator[str]:
                                 ) from None
 
 
-def pack_sequences(documents: Iterable[str], tokenizer, seq_len: int, max_sequences: int | None = None
-                   ) -> torch.Tensor:
-    """Tokenise documents and pack them into rows of [CLS] tokens... [SEP], seq_len ids each.
-
-    Documents are joined with [SEP] so no row needs padding; reading stops once `max_sequences` rows
-    are full, so a huge corpus costs only what the run uses.
-    """
-    rows = []
-    for row in iter_packed_rows(documents, tokenizer, seq_len):
-        rows.append(row)
-        if max_sequences is not None and len(rows) >= max_sequences:
-            break
-    if not rows:
-        raise BortError(f"the corpus is empty or shorter than one sequence of {seq_len} tokens; "
-                        "pass more text with --corpus")
-    return torch.tensor(rows, dtype=torch.long)
-
-
 def iter_packed_rows(documents: Iterable[str], tokenizer, seq_len: int) -> Iterator[list[int]]:
     """The rows of `pack_sequences`, one at a time, so a corpus larger than memory can be streamed."""
     if seq_len < 8:
@@ -183,8 +166,6 @@ def cached_sequences(paths: Iterable[str | os.PathLike] | None, tokenizer, seq_l
     interrupted run never leaves a cache that looks whole. Returns a numpy memmap (index it, then
     `torch.from_numpy(...)`).
     """
-    import json
-
     import numpy as np
 
     paths = list(paths or [])
@@ -217,8 +198,63 @@ def cached_sequences(paths: Iterable[str | os.PathLike] | None, tokenizer, seq_l
             raise BortError(f"the corpus is empty or shorter than one sequence of {seq_len} tokens; "
                             "pass more text with --corpus")
         os.replace(tmp, data)
-        meta_tmp = root / f"{key}.json.tmp{os.getpid()}"
-        meta_tmp.write_text(json.dumps({"rows": rows, "seq_len": seq_len, "paths": [str(p) for p in paths]}))
-        os.replace(meta_tmp, meta)
-    rows = json.loads(meta.read_text())["rows"]
+        io.write_json(meta, {"rows": rows, "seq_len": seq_len, "paths": [str(p) for p in paths]})
+    rows = io.read_json(meta)["rows"]
     return np.memmap(data, dtype=np.int32, mode="r", shape=(rows, seq_len))
+
+
+class BatchPlan:
+    """Which rows, with which masks, each micro-step of each process sees: a pure function of the step.
+
+    The rows of optimizer step s are a seeded permutation per epoch over the training rows, sliced into global
+    batches; each row's mask is seeded from its global number. So the data a step sees depends only on
+    (seed, s), not on how many processes share it, and a resumed run sees what an uninterrupted one saw.
+    """
+
+    def __init__(self, rows, tokenizer, batch_size: int, mask_prob: float, seed: int, eval_rows: int,
+                 grad_accum: int = 1):
+        if len(rows) < eval_rows + 1:
+            raise BortError(f"the corpus gives only {len(rows)} sequences; need more than the {eval_rows} held out "
+                            "for evaluation (more text, a shorter --max-seq-len or fewer --eval-sequences)")
+        self.rows, self.tokenizer, self.mask_prob, self.seed = rows, tokenizer, mask_prob, seed
+        self.batch_size, self.grad_accum = batch_size, grad_accum
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+        self.eval_index, self.train_index = order[:eval_rows], order[eval_rows:]
+        self._epoch, self._perm = -1, None
+
+    def _row(self, g: int) -> int:
+        epoch, pos = divmod(g, len(self.train_index))
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 1)
+            self._perm, self._epoch = torch.randperm(len(self.train_index), generator=generator), epoch
+        return int(self.train_index[self._perm[pos]])
+
+    def _masked(self, rows: list[int], keys: list[int], key: object) -> dict[str, object]:
+        """Mask each row with a generator seeded by its own key, independent of batch composition."""
+        import numpy as np
+
+        ids = torch.from_numpy(np.stack([np.asarray(self.rows[r]) for r in rows])).long()
+        inputs, labels = [], []
+        for row, row_key in zip(ids, keys, strict=True):
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + row_key) % 2**62)
+            masked, label = mask_tokens(row[None], self.tokenizer, self.mask_prob, generator)
+            if not (label != -100).any():  # a short row drew no mask: predict one token so no loss is empty
+                position = 1 + int(torch.randint(row.numel() - 2, (1,), generator=generator))
+                label[0, position], masked[0, position] = row[position], self.tokenizer.mask_token_id
+            inputs.append(masked)
+            labels.append(label)
+        return {"input_ids": torch.cat(inputs), "labels": torch.cat(labels), "key": key}
+
+    def batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, object]:
+        """Rows of step `step`, micro-step `micro`, process `rank`; masks keyed by the global row number."""
+        b = self.batch_size
+        start = step * b * self.grad_accum * world + (micro * world + rank) * b
+        numbers = list(range(start, start + b))
+        return self._masked([self._row(g) for g in numbers], numbers, (step, micro, rank, world))
+
+    def eval_batches(self, rank: int, world: int):
+        """This process' share of the held-out rows, masked the same way at every evaluation."""
+        mine = self.eval_index[rank::world].tolist()
+        for start in range(0, len(mine), self.batch_size):
+            chunk = mine[start:start + self.batch_size]
+            yield self._masked(chunk, [-1 - r for r in chunk], ("eval", rank, world, start))

@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 import torch
 from torch import nn
 
+from bort.config import DistillConfig
+from bort.engine.distillation import DistillationObjective, Teacher
 from bort.errors import BortError
 
 LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
@@ -165,3 +168,21 @@ def unslice_projection(projection: nn.Module, hidden_index: list[int]) -> None:
         projection.weight.zero_()
         projection.weight[torch.tensor(hidden_index), torch.arange(len(hidden_index))] = 1.0
         projection.bias.zero_()
+
+
+def student_objective(arch: Any, teacher: Teacher, config: DistillConfig, seed: int, source: nn.Module | None = None,
+                      cache: dict | None = None) -> tuple[DistillationObjective, dict[str, object] | None]:
+    """A fresh MLM-shaped student of config `arch` inside the distillation objective: at random, or sliced from
+    `source` (default: the teacher) with `config.init == "source"`; sliced from the teacher, its projection
+    starts as the slice's inverse. The search's candidates and `bort pretrain` are both made here."""
+    from transformers import AutoModelForMaskedLM
+
+    torch.manual_seed(seed)
+    objective = DistillationObjective(AutoModelForMaskedLM.from_config(arch), teacher, config, cache)
+    if config.init != "source":
+        return objective, None
+    sliced = slice_into(objective.student, source if source is not None else teacher.model)
+    hidden_index = sliced.pop("hidden_index")
+    if (source is None or source is teacher.model) and objective.projection is not None:
+        unslice_projection(objective.projection, hidden_index)
+    return objective, sliced

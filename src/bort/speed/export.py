@@ -13,8 +13,7 @@ the batch and sequence axes are dynamic. Optional int8 is onnxruntime's dynamic 
 from __future__ import annotations
 
 import contextlib
-import io
-import json
+import io as text_io
 import logging
 import os
 import shutil
@@ -26,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from bort import io
+from bort.config import ExportConfig
 from bort.errors import BortError
 from bort.speed.models import SpeedModel, example_inputs, input_names, resolve
 
 INSTALL_HINT = "pip install 'bort[onnx]'"
-FORMATS = ("onnx",)
-QUANTIZATIONS = ("int8",)
 EXTERNAL_DATA_BYTES = 1_800_000_000  # ONNX protobufs stop at 2 GB; bigger weights go to a .data file
 
 
@@ -89,7 +88,7 @@ def _quiet() -> Iterator[None]:
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(text_io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -207,11 +206,9 @@ def _save_tokenizer(model: SpeedModel, output: Path) -> str | None:
     source = model.tokenizer_source()
     if source is None:
         return None
-    from transformers import AutoTokenizer
-
     try:
-        AutoTokenizer.from_pretrained(source).save_pretrained(str(output))
-    except (OSError, ValueError):
+        io.load_tokenizer(source).save_pretrained(str(output))
+    except BortError:
         return None
     return source
 
@@ -222,19 +219,11 @@ TEXT_COLUMNS = (("sentence1", "sentence2"), ("question1", "question2"), ("premis
 
 
 def read_labelled(path: str | os.PathLike) -> tuple[list[tuple[str, ...]], list[str]]:
-    """Texts and labels of a .tsv (GLUE: header, no quoting), .csv or .jsonl file with a `label` column."""
-    import csv
-
+    """Texts and labels of a .tsv (GLUE layout), .csv or .jsonl file with a `label` column."""
     path = Path(path)
     if not path.is_file():
         raise BortError(f"dev file {path} does not exist")
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in f if line.strip()]
-        else:
-            tsv = path.suffix == ".tsv"
-            rows = list(csv.DictReader(f, delimiter="\t" if tsv else ",",
-                                       quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL))
+    rows = io.read_table(path)
     columns = next((c for c in TEXT_COLUMNS if rows and all(k in rows[0] for k in c)), None)
     if columns is None or "label" not in rows[0]:
         raise BortError(f"dev file {path} needs a `label` column and text columns, one of: "
@@ -273,56 +262,45 @@ def dev_accuracy(module: torch.nn.Module, sessions: dict[str, Any], model: Speed
     return out
 
 
-def export(model: str | os.PathLike, output: str | os.PathLike, format: str = "onnx",
-           quantize: str | None = None, opset: int = 18, tolerance: float = 1e-3,
-           threads: int | None = None, dev_file: str | os.PathLike | None = None,
-           fuse: bool = True) -> dict[str, Any]:
-    """Export `model` to `output` (model.onnx, optional model_int8.onnx, tokenizer, config) and check it.
+def export(config: ExportConfig) -> dict[str, Any]:
+    """Export `config.model` to `config.output` (model.onnx, optional model_int8.onnx, tokenizer, config) and check it.
 
-    Returns a report with the files written and the max abs difference vs PyTorch on padded and
-    unpadded inputs; fp32 beyond `tolerance` is an error, int8 differences are reported (they are
-    expected to be larger; judge them by task accuracy: give a fine-tuned classifier and `dev_file`).
-    `fuse=False` keeps the dynamo exporter's unfused graph for BERT models too.
+    Returns a report with the files written and the max abs difference vs PyTorch on padded and unpadded
+    inputs; fp32 beyond `tolerance` (or NaN) is an error, int8 differences are reported (judge them by task
+    accuracy: give a fine-tuned classifier and `dev_file`). `fuse=False` keeps the dynamo exporter's unfused
+    graph for BERT models too.
     """
-    if format not in FORMATS:
-        raise BortError(f"unknown export format '{format}'; known: {', '.join(FORMATS)}")
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise BortError(f"unknown quantization '{quantize}'; known: {', '.join(QUANTIZATIONS)}")
     require_onnx()
-    spec = resolve(model)
-    if dev_file is not None and not spec.classifier:
+    spec = resolve(config.model)
+    if config.dev_file is not None and not spec.classifier:
         raise BortError(f"a dev-set check needs a model fine-tuned with a sequence-classification head; "
                         f"'{spec.label}' has none")
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = io.prepare_output(config.output, "export", overwrite=config.overwrite, inputs=(config.model, config.dev_file))
     module = spec.build(head=True)
     fp32 = out / "model.onnx"
-    fusions = export_module(module, spec, fp32, opset, fuse)
+    fusions = export_module(module, spec, fp32, config.opset, config.fuse)
     report: dict[str, Any] = {"model": spec.label, "source": spec.source, "output": str(out),
                               "pretrained_weights": spec.weights is not None,
                               "inputs": input_names(spec.config), "outputs": output_names(module),
-                              "files": {"onnx": str(fp32)}, "opset": opset, "fused_ops": fusions}
-    sessions = {"onnx": ort_session(fp32, threads)}
+                              "files": {"onnx": str(fp32)}, "opset": config.opset, "fused_ops": fusions}
+    sessions = {"onnx": ort_session(fp32, config.threads)}
     report["check"] = compare(module, sessions["onnx"], spec)
-    if report["check"]["max_abs_diff"] > tolerance:
+    if not report["check"]["max_abs_diff"] <= config.tolerance:  # NaN is not a pass
         raise BortError(f"ONNX output differs from PyTorch by {report['check']['max_abs_diff']:.2e} "
-                        f"(> tolerance {tolerance:g}); the export of '{spec.label}' is not faithful")
-    if quantize == "int8":
+                        f"(> tolerance {config.tolerance:g}); the export of '{spec.label}' is not faithful")
+    if config.quantize == "int8":
         int8 = quantize_int8(fp32, out / "model_int8.onnx")
         report["files"]["onnx_int8"] = str(int8)
-        sessions["onnx_int8"] = ort_session(int8, threads)
+        sessions["onnx_int8"] = ort_session(int8, config.threads)
         report["check_int8"] = compare(module, sessions["onnx_int8"], spec)
     spec.config.save_pretrained(str(out))
     report["tokenizer"] = _save_tokenizer(spec, out)
-    if dev_file is not None:
+    if config.dev_file is not None:
         if report["tokenizer"] is None:
-            raise BortError(f"'{spec.label}' has no tokenizer to read {dev_file} with")
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(out))
-        report["dev"] = dev_accuracy(module, sessions, spec, tokenizer, dev_file)
+            raise BortError(f"'{spec.label}' has no tokenizer to read {config.dev_file} with")
+        report["dev"] = dev_accuracy(module, sessions, spec, io.load_tokenizer(out), config.dev_file)
     report["sizes_mb"] = {k: round(_size(Path(p)) / 2**20, 2) for k, p in report["files"].items()}
-    (out / "export_report.json").write_text(json.dumps(report, indent=2))
+    io.write_json(out / "export_report.json", report)
     return report
 
 

@@ -6,16 +6,18 @@ timed runs. The cache lives in $BORT_CACHE (default ~/.cache/bort) so a search r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
+from bort import io
 from bort.families.base import Arch, Family
 
 
@@ -58,6 +60,49 @@ def measure_model(model: torch.nn.Module, inputs: dict[str, torch.Tensor], repea
         torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def others_load() -> Iterator[list[float]]:
+    """How many cores other processes kept busy during the block (Linux /proc/stat; nothing elsewhere)."""
+    def busy_seconds() -> float:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+    found: list[float] = []
+    try:
+        before, mine, start = busy_seconds(), os.times(), time.perf_counter()
+    except (OSError, ValueError, IndexError):
+        yield found
+        return
+    yield found
+    wall, now = time.perf_counter() - start, os.times()
+    ours = now.user + now.system - mine.user - mine.system
+    found.append(round(max(0.0, busy_seconds() - before - ours) / max(wall, 1e-9), 2))
+
+
+def busy_warning(others: float | None, threads: int) -> str | None:
+    """A warning when other processes took cores this measurement needed (they distort every timing)."""
+    cpus = os.cpu_count() or 1
+    if others is None or others <= max(0.5, cpus - threads + 0.5):
+        return None
+    return (f"the machine was busy ({others} cores used by other processes, {cpus} cpus, {threads} threads timed); "
+            "other processes distort these figures: rerun on a quiet machine")
+
+
+def cpu_latency(model: torch.nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 10) -> dict[str, object]:
+    """The median CPU latency of a model on `inputs`, for metrics and model cards, with a warning when the
+    machine was busy (a figure measured beside other jobs can be 50x off)."""
+    import copy
+
+    threads = torch.get_num_threads()
+    with others_load() as load:
+        ms = measure_model(copy.deepcopy(model).cpu().float(), inputs, repeats=repeats, warmup=3)
+    out: dict[str, object] = {"cpu_latency_ms": round(ms, 3), "latency_threads": threads}
+    warning = busy_warning(load[0] if load else None, threads)
+    if warning:
+        out["latency_warning"] = warning
+    return out
+
+
 class LatencyCache:
     """JSON file of medians keyed by hardware, runtime, family, architecture and shape."""
 
@@ -67,14 +112,13 @@ class LatencyCache:
         try:
             self.entries: dict[str, float] = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            self.entries = {}
+            self.entries = {}  # a missing or torn cache is only a cache
 
     def measure(self, family: Family, arch: Arch, batch_size: int = 1, seq_len: int = 128, repeats: int = 10,
                 threads: int | None = None) -> float:
         threads = threads or torch.get_num_threads()
-        source = getattr(family, "source_config", None)
-        source_key = f"{source.model_type}/{source.vocab_size}" if source is not None else ""
-        key = (f"{hardware_id()} | {threads} threads | torch-eager | {family.name}:{source_key} | "
+        source = json.dumps(family.fingerprint(), sort_keys=True)
+        key = (f"{hardware_id()} | {threads} threads | torch-eager | {family.name}:{source} | "
                f"{','.join(map(str, arch))} | b{batch_size} s{seq_len}")
         if key not in self.entries:
             torch.manual_seed(0)
@@ -85,8 +129,4 @@ class LatencyCache:
         return self.entries[key]
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.entries, indent=0, sort_keys=True))
-        os.replace(tmp, self.path)
-
+        io.write_json(self.path, self.entries)

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoModelForSequenceClassification, PretrainedConfig
+from transformers import PretrainedConfig
 
+from bort import io
 from bort.errors import BortError
 from bort.families.base import Arch
-from bort.families.bert import PRESETS, BertFamily, default_source, load_config
+from bort.families.bert import BertFamily
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -47,18 +48,14 @@ class SpeedModel:
         Each model gets its own copy of the config: transformers keeps settings such as the attention
         implementation on the config, and a change to one model must not reach the others.
         """
-        model_class = AutoModelForSequenceClassification if head and self.classifier else AutoModel
+        kind = "classification" if head and self.classifier else "base"
         config = copy.deepcopy(self.config)
         if self.weights is not None:
-            try:
-                model = model_class.from_pretrained(self.weights, config=config)
-            except (OSError, ValueError) as exc:
-                raise BortError(f"cannot load weights of '{self.source}' ({type(exc).__name__}); pass a "
-                                "model folder with model.safetensors or a config.json") from None
-        else:
-            torch.manual_seed(0)
-            model = model_class.from_config(config)
-        return model.eval().requires_grad_(False)
+            return io.load_model(self.weights, kind, config).requires_grad_(False)
+        import transformers
+
+        torch.manual_seed(0)
+        return getattr(transformers, io.MODEL_CLASSES[kind]).from_config(config).eval().requires_grad_(False)
 
     def tokenizer_source(self) -> str | None:
         """Where a tokenizer for this model can be loaded from (the BERT WordPiece for BERT-vocab configs)."""
@@ -69,12 +66,12 @@ class SpeedModel:
         if folder.is_dir() and (any(folder.glob("tokenizer*")) or (folder / "vocab.txt").is_file()):
             return str(folder)
         if self.config.model_type == "bert" and self.config.vocab_size == 30522:
-            return default_source()  # the embedded MiniLM ships the bert-base-uncased WordPiece
+            return io.default_source()  # the embedded MiniLM ships the bert-base-uncased WordPiece
         return None
 
 def _label(source: str) -> str:
     path = Path(source)
-    if source in PRESETS or not path.exists():
+    if source in io.PRESETS or not path.exists():
         return source
     path = path.resolve()
     if path.is_file():
@@ -89,13 +86,13 @@ def resolve(spec: str | os.PathLike) -> SpeedModel:
     head, sep, tail = spec.partition("=")
     if sep and head and "/" not in head and not Path(spec).exists():
         label, spec = head, tail
-    config = load_config(spec)
+    config = io.load_config(spec)
     family = BertFamily(config)
     path = Path(spec)
     if path.is_dir():
         weights = spec if any((path / f).is_file() for f in WEIGHT_FILES) else None
     else:
-        weights = None if spec in PRESETS or path.is_file() else spec  # hub name: from_pretrained
+        weights = None if spec in io.PRESETS or path.is_file() else spec  # hub name: from_pretrained
     return SpeedModel(label=label or _label(spec), source=spec, config=config, family=family,
                       arch=family.maximum(), weights=weights)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bort import io
 from bort.errors import BortError
-from bort.tasks.registry import Task, canonical, columns, read_rows
+from bort.tasks.registry import Task, canonical, columns
 
 
 def file_task(train: str | os.PathLike, dev: str | os.PathLike | None = None, test: str | os.PathLike | None = None,
@@ -18,7 +19,7 @@ def file_task(train: str | os.PathLike, dev: str | os.PathLike | None = None, te
         if not path.is_file():
             raise BortError(f"custom task: {split} file {path} does not exist")
     if kind == "classification" and not labels:
-        rows = read_rows(paths["train"])
+        rows = io.read_table(paths["train"])
         if rows and label_column not in rows[0]:
             raise BortError(f"custom task: {paths['train']} has no column '{label_column}' "
                             f"(columns: {', '.join(rows[0])}); pass --label-column")

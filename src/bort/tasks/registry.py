@@ -8,14 +8,13 @@ is an error, never silently mapped.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bort import io
 from bort.errors import BortError
 
 KINDS = ("classification", "regression", "multiple_choice")
@@ -151,7 +150,7 @@ class Task:
         if data_dir is None and not self.paths and self.hub is not None:
             return self._load_hub(split)
         path = self.file_path(split, data_dir)
-        return [self._example(row, i, f"{path.name} row {i + 1}") for i, row in enumerate(read_rows(
+        return [self._example(row, i, f"{path.name} row {i + 1}") for i, row in enumerate(io.read_table(
             path, self.headerless.get(split)))]
 
     def _example(self, row: dict[str, Any], i: int, where: str, parse: Parser | None = None) -> Example:
@@ -187,28 +186,17 @@ class Task:
         return out
 
 
-def read_rows(path: Path, fieldnames: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-    """Rows of a GLUE tsv (no quoting: MRPC has unbalanced quotes; utf-8-sig: it has a BOM), csv or jsonl."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            if path.suffix == ".jsonl":
-                return [json.loads(line) for line in f if line.strip()]
-            tsv = path.suffix == ".tsv"
-            reader = csv.DictReader(f, fieldnames=list(fieldnames) if fieldnames else None,
-                                    delimiter="\t" if tsv else ",",
-                                    quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
-            return [row for row in reader if any(v for v in row.values() if isinstance(v, str))]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
-        raise BortError(f"cannot read {path} ({type(exc).__name__}: {str(exc)[:80]})") from None
-
-
 TASKS: dict[str, Task] = {}
 
 
 def register_task(task: Task) -> Task:
-    """Add a task under 'benchmark/name' and, unless taken (RTE is in both benchmarks), its bare name."""
+    """Add a task under 'benchmark/name' and, unless taken (RTE is in both benchmarks), its bare name; and
+    under the names Hugging Face's `datasets` and run_glue.py use (`stsb`, `sst2`, `boolq`, ...)."""
     TASKS[f"{task.benchmark}/{task.name}".lower()] = task
     TASKS.setdefault(task.name.lower(), task)
+    if task.hub is not None:
+        TASKS.setdefault(f"{task.benchmark}/{task.hub[1]}".lower(), task)
+        TASKS.setdefault(task.hub[1].lower(), task)
     return task
 
 
@@ -219,8 +207,8 @@ def get_task(name: str | Task) -> Task:
     _load_builtin()
     task = TASKS.get(str(name).lower())
     if task is None:
-        raise BortError(f"unknown task '{name}'; known tasks: {', '.join(list_tasks())} "
-                        "(or pass --train/--dev files for a custom task)")
+        raise BortError(f"unknown task '{name}'; known tasks: {', '.join(list_tasks())} (or their `datasets` "
+                        "names: stsb, sst2, ...), or pass --train/--dev files for a custom task")
     return task
 
 
@@ -229,7 +217,7 @@ def list_tasks() -> list[str]:
     _load_builtin()
     names = []
     for key, task in TASKS.items():
-        if "/" in key:
+        if key == f"{task.benchmark}/{task.name}".lower():
             names.append(task.name if TASKS.get(task.name.lower()) is task else f"{task.benchmark}/{task.name}")
     return names
 

@@ -1,0 +1,385 @@
+"""Every option of every command, written once.
+
+The CLI's flags, the Python API's keywords and `--config FILE.yaml` all come from these dataclasses: a
+default, a help text and a validity rule live in one field. This module imports nothing heavy, so
+`bort --help` stays fast. Bad values are refused here, in one line that names the flag and the fix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bort.errors import BortError
+
+
+def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, choices: tuple | None = None,
+           minimum: float | None = None, above: float | None = None, maximum: float | None = None,
+           group: str | None = None, cli: bool = True, metavar: str | tuple | None = None,
+           required: bool = False) -> Any:
+    """A config field: its default, CLI help and validity rule (`minimum` <=, `above` <, `maximum` >=)."""
+    meta = dict(help=help, flag=flag, choices=choices, minimum=minimum, above=above, maximum=maximum,
+                group=group, cli=cli, metavar=metavar, required=required)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def flag_of(f) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+@dataclass(kw_only=True)
+class Options:
+    """Checks every field against its rule when a config is made (from flags, YAML or keywords)."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value, meta, name = getattr(self, f.name), f.metadata, flag_of(f)
+            if value is None:
+                if meta.get("required"):
+                    raise BortError(f"{name} is required")
+                continue
+            values = value if isinstance(value, list | tuple) else [value]
+            for v in values if meta.get("choices") else ():
+                if v not in meta["choices"]:
+                    raise BortError(f"{name} must be one of {', '.join(map(str, meta['choices']))}, not '{v}'")
+            if (typing.get_args(hints[f.name]) or (hints[f.name],))[0] in (int, float):
+                for v in values:
+                    _check_number(name, v, meta)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _check_number(name: str, value: Any, meta: dict) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BortError(f"{name} must be a finite number, not {value!r}")
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        raise BortError(f"{name} must be at least {meta['minimum']:g}, not {value:g}")
+    if meta.get("above") is not None and value <= meta["above"]:
+        raise BortError(f"{name} must be above {meta['above']:g}, not {value:g}")
+    if meta.get("maximum") is not None and value > meta["maximum"]:
+        raise BortError(f"{name} must be at most {meta['maximum']:g}, not {value:g}")
+
+
+def make(cls: type[Options], **options: Any) -> Any:
+    """`cls(**options)`, with a one-line error naming an unknown option."""
+    unknown = sorted(set(options) - set(cls.names()))
+    if unknown:
+        raise BortError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(cls.names())}")
+    return cls(**options)
+
+
+def lr(default: float) -> Any:
+    return option(default, "peak learning rate (AdamW, linear warm-up then linear decay)", above=0)
+
+
+def warmup(default: float) -> Any:
+    return option(default, "warm-up: a fraction of the steps (< 1) or a number of steps", minimum=0)
+
+
+def weight_decay(default: float = 0.01) -> Any:
+    return option(default, "AdamW weight decay (not on biases and LayerNorm weights)", minimum=0)
+
+
+def batch_size(default: int) -> Any:
+    return option(default, "training rows per process per micro-step", minimum=1)
+
+
+def max_seq_len(default: int) -> Any:
+    return option(default, "tokens per row: packed corpus rows, or the truncation length of task inputs", minimum=8)
+
+
+def corpus() -> Any:
+    return option([], "text files or folders, or hf:NAME[:CONFIG] for a `datasets` corpus (default: the English "
+                      "documentation that ships with Python)", metavar="PATH")
+
+
+def mixed_precision() -> Any:
+    return option("auto", "GPU only (CPU runs stay fp32); auto = bf16 where supported, else fp16",
+                  choices=("auto", "no", "fp16", "bf16"))
+
+
+def progress() -> Any:
+    return option(True, "no progress bars", flag="--quiet")
+
+
+def resume() -> Any:
+    return option(False, "continue the run in --output from where it stopped")
+
+
+def overwrite() -> Any:
+    return option(False, "replace the run in --output (only a folder bort wrote)")
+
+
+@dataclass(kw_only=True)
+class TrainConfig(Options):
+    """How the one training engine optimises any objective: pre-training, fine-tuning, each surrogate arm."""
+
+    max_steps: int | None = option(None, "optimizer steps", minimum=1)
+    lr: float = lr(5e-5)
+    warmup: float = warmup(0.1)
+    weight_decay: float = weight_decay()
+    max_grad_norm: float = option(1.0, "gradients are clipped to this norm", above=0)
+    batch_size: int = batch_size(32)
+    grad_accum: int = option(1, "micro-steps per optimizer step (gradient accumulation)", minimum=1)
+    seed: int = option(0, "random seed: weights, data order, masks and dropout are functions of it")
+    mixed_precision: str = mixed_precision()
+    save_every: int = option(500, "checkpoint every N steps (0: only at the end)", minimum=0)
+    log_every: int = option(10, "write the training loss terms to metrics.jsonl every N steps", minimum=1)
+    eval_every: int = option(100, "held-out evaluation every N steps (0: never)", minimum=0)
+
+    def warmup_steps(self, total: int) -> int:
+        """The one warm-up rule: a fraction of the run (rounded up) when < 1, else a number of steps."""
+        return math.ceil(self.warmup * total) if self.warmup < 1 else int(self.warmup)
+
+
+@dataclass(kw_only=True)
+class DistillConfig(Options):
+    """The distillation objective: what `bort pretrain` trains and what the search's ê measures."""
+
+    mask_prob: float = option(0.15, "share of the tokens masked (80% [MASK], 10% random, 10% kept)", above=0,
+                              maximum=1)
+    temperature: float = option(2.0, "softmax temperature T of the KL term", above=0)
+    mlm_weight: float = option(0.1, "weight of the student's masked-LM cross-entropy", minimum=0)
+    kd_weight: float = option(0.5, "weight of T^2 KL(teacher || student) (teachers with an MLM head)", minimum=0)
+    hidden_weight: float = option(1.0, "weight of the hidden-state loss (teachers without an MLM head)", minimum=0)
+    hidden_loss: str = option("mse", "hidden-state distance: mse (normalised by the teacher's variance) or cosine",
+                              choices=("mse", "cosine"))
+    attention_weight: float = option(0.0, "weight of MiniLMv2 attention-relation distillation (0: off)", minimum=0)
+    init: str = option("random", "start the student at random or as a slice of the source's weights",
+                       choices=("random", "source"))
+
+
+@dataclass(kw_only=True)
+class ExtractConfig(DistillConfig):
+    """`bort extract`: the FPTAS over a family's space."""
+
+    family: str = option("bert", "network family")
+    source: str | None = option(None, "model folder, config.json, hub name or preset (default: embedded MiniLM)")
+    teacher: str | None = option(None, "model that defines the surrogate error (default: the source)")
+    corpus: list[str] = corpus()
+    space: str = option("default", "'default', 'bort-paper', or a JSON/YAML file mapping parameters to values")
+    epsilon: float = option(0.2, "approximation parameter ε; a finalist trains n(ε) = ceil(8/ε) steps", above=0,
+                            maximum=0.99)
+    steps: int | None = option(None, "override n(ε), the surrogate steps of a finalist", minimum=1)
+    theta: str = option("lr=1e-3,3e-3", "Θ, training hyperparameters each candidate is tried with: a grid "
+                        "'KEY=V1,V2;KEY=V3' over --lr/--warmup/--weight-decay, or a JSON/YAML file")
+    lr: float = lr(1e-3)
+    warmup: float = warmup(0.1)
+    weight_decay: float = weight_decay()
+    batch_size: int = batch_size(8)
+    max_seq_len: int = max_seq_len(64)
+    mixed_precision: str = mixed_precision()
+    speed: str = option("ops", "i(ξ): analytic operation count, or measured latency", choices=("ops", "measured"))
+    latency_batch_size: int = option(1, "reference shape of i(ξ): batch size", minimum=1)
+    latency_seq_len: int = option(128, "reference shape of i(ξ): sequence length", minimum=1)
+    max_params: float | None = option(None, "target: at most this many parameters", above=0)
+    max_effective_params: float | None = option(None, "target: at most this many non-embedding parameters", above=0)
+    max_latency_ms: float | None = option(None, "target: measured latency at the reference shape", above=0)
+    halving: bool = option(True, "train every candidate for n(ε) (the paper's schedule)", flag="--no-halving")
+    check_factor: int | None = option(None, "approximation check: retrain the finalists with this x n(ε)", minimum=2)
+    output: str | None = option(None, "results folder (default: runs/extract-<time>)")
+    resume: bool = resume()
+    overwrite: bool = overwrite()
+    seed: int = option(0, "random seed of the search (data, masks and each arm's seed)")
+    progress: bool = progress()
+
+
+@dataclass(kw_only=True)
+class PretrainConfig(TrainConfig, DistillConfig):
+    """`bort pretrain`: distil an architecture from the teacher on a corpus."""
+
+    arch: str = option(None, "chosen/ folder from `bort extract`, a config.json, or D,A,H,I cut from --source",
+                       required=True)
+    output: str = option(None, "folder for the model, checkpoints and metrics.jsonl", required=True)
+    teacher: str | None = option(None, "teacher folder or hub name (default: embedded all-MiniLM-L6-v2)")
+    source: str | None = option(None, "model that D,A,H,I and --init source cut from (default: the teacher)")
+    corpus: list[str] = corpus()
+    max_steps: int = option(1000, "optimizer steps", minimum=1)
+    lr: float = lr(5e-4)
+    warmup: float = warmup(0.06)
+    max_seq_len: int = max_seq_len(128)
+    eval_sequences: int = option(64, "held-out sequences for evaluation", minimum=1)
+    max_sequences: int | None = option(None, "use at most this many packed sequences of the corpus", minimum=1)
+    cache_dir: str | None = option(None, "token cache folder (default: $BORT_CACHE/tokens)")
+    measure_latency: bool = option(True, "skip the CPU latency measurement for the model card", flag="--no-latency")
+    resume: bool = resume()
+    overwrite: bool = overwrite()
+    progress: bool = progress()
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(TrainConfig):
+    """`bort finetune`: fine-tune a model on a task, once per seed."""
+
+    model: str | None = option(None, "model folder or hub name (default: the embedded MiniLM)")
+    task: str = option(None, "task name (GLUE/SuperGLUE official or `datasets` name, e.g. STS-B or stsb), or a "
+                             "name for your own --train/--dev files", required=True)
+    output: str = option(None, "results folder", required=True)
+    data_dir: str | None = option(None, "folder in the official layout (glue/<Task>/*.tsv, superglue/<Task>/*.jsonl); "
+                                        "default $BORT_DATA_DIR, else the hub")
+    seeds: list[int] = option([0], "one run per seed")
+    epochs: float = option(3.0, "passes over the train set (unless --max-steps)", above=0)
+    max_seq_len: int = max_seq_len(128)
+    max_train_samples: int | None = option(None, "one random subsample of the train split, the same for every seed",
+                                           minimum=1)
+    save_every: int = option(100, "checkpoint every N steps (0: only at the end)", minimum=0)
+    eval_batch_size: int = option(64, "rows per prediction batch", minimum=1)
+    eval_every: int = option(0, "unused: fine-tuning scores the official dev split at the end", cli=False)
+    train_file: str | None = option(None, "custom task: train file (.csv, .tsv or .jsonl)", flag="--train")
+    dev_file: str | None = option(None, "custom task: dev file", flag="--dev")
+    test_file: str | None = option(None, "custom task: unlabelled test file", flag="--test")
+    text_column: str = option("text", "custom task: text column")
+    pair_column: str | None = option(None, "custom task: second text column")
+    label_column: str = option("label", "custom task: label column")
+    kind: str = option("classification", "custom task: head kind", choices=("classification", "regression"))
+    measure_latency: bool = option(True, "skip the CPU latency measurement", flag="--no-latency")
+    resume: bool = resume()
+    overwrite: bool = overwrite()
+    progress: bool = progress()
+
+    def task_files(self) -> dict[str, Any]:
+        """The custom-task options (empty for a registered task)."""
+        if not self.train_file:
+            return {}
+        return dict(train_file=self.train_file, dev_file=self.dev_file, test_file=self.test_file,
+                    text_column=self.text_column, pair_column=self.pair_column, label_column=self.label_column,
+                    kind=self.kind)
+
+
+@dataclass(kw_only=True)
+class AgoraConfig(FinetuneConfig):
+    """`bort finetune --agora`: rounds of fine-tuning, generating points near mistakes, labelling them."""
+
+    labeller: str | None = option(None, "model folder already fine-tuned on the task", group="Agora")
+    labeller_from: str | None = option(None, "model to fine-tune on the task first and use as labeller", group="Agora")
+    theta: str | None = option(None, "Θ: a grid 'KEY=V1,V2;KEY=V3' over --lr/--weight-decay/--warmup/--batch-size/"
+                                     "--epochs on top of those flags, or a JSON/YAML file", group="Agora")
+    rounds: int = option(3, "Agora rounds", minimum=1, group="Agora")
+    samples_per_mistake: int = option(4, "new points generated per mistake", minimum=1, group="Agora")
+    band: tuple[float, float] = option((0.80, 0.98), "keep generated points whose cosine similarity to the source "
+                                       "lies in [LOW, HIGH]", minimum=0, maximum=1, group="Agora",
+                                       metavar=("LOW", "HIGH"))
+    transform: str = option("neighbour", "embedding nearest-neighbour token substitution, or masked-LM infilling",
+                            choices=("neighbour", "infill"), group="Agora")
+    replace_fraction: float = option(0.15, "share of word tokens a transform changes", above=0, maximum=1,
+                                     group="Agora")
+    infill_model: str | None = option(None, "masked-LM folder for --transform infill (e.g. a `bort pretrain` "
+                                            "output)", group="Agora")
+    agora_dev_fraction: float = option(0.1, "share of the official train split carved out (stratified) as Agora's "
+                                            "dev split", above=0, maximum=0.9, group="Agora")
+    prune: float = option(0.5, "share of Θ's sets dropped after each round", minimum=0, maximum=0.99, group="Agora")
+    max_mistakes: int | None = option(None, "use at most this many mistakes per round", minimum=1, group="Agora")
+    compare: bool = option(False, "also fine-tune plainly with the same seeds and gradient steps", group="Agora")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.band[0] > self.band[1]:
+            raise BortError(f"--band LOW HIGH needs LOW <= HIGH, not {self.band[0]} {self.band[1]}")
+
+
+@dataclass(kw_only=True)
+class CostConfig(Options):
+    """`bort cost`: size and cost of one architecture."""
+
+    arch: str = option(None, "comma-separated parameters, e.g. 4,8,1024,768 for D,A,H,I", required=True)
+    family: str = option("bert", "network family")
+    source: str | None = option(None, "source model folder, config.json, hub name or preset (bert family)")
+    batch_size: int = option(1, "batch size of the operation count", minimum=1)
+    seq_len: int = option(128, "sequence length of the operation count", minimum=1)
+    measure: bool = option(False, "also measure the median latency on this machine")
+    repeats: int = option(10, "timed runs", minimum=1)
+
+
+@dataclass(kw_only=True)
+class BenchConfig(Options):
+    """`bort bench`: side-by-side latency of several models."""
+
+    models: list[str] = option(None, "model folders, config.json files, hub names or presets (bert-large, bert-base, "
+                                   "bort); LABEL=SOURCE names one; ratios are against the first", required=True)
+    runtimes: list[str] = option(["torch"], "runtimes to time", flag="--runtime",
+                                 choices=("torch", "compile", "onnx", "onnx-int8", "onnx-unfused",
+                                          "onnx-unfused-int8"))
+    batch_sizes: list[int] = option([1], "batch sizes to time", flag="--batch-size", minimum=1)
+    seq_lens: list[int] = option([128], "sequence lengths to time", flag="--seq-len", minimum=1)
+    threads: int | None = option(None, "intra-op threads for every runtime (default: torch's)", minimum=1)
+    repeats: int = option(10, "timed runs per cell", minimum=1)
+    warmup_runs: int = option(2, "untimed runs per cell first", minimum=0)
+    max_seconds: float | None = option(None, "stop timing a cell after this many seconds (>= 3 runs)", above=0)
+    plot: str | None = option(None, "write a latency plot (png, pdf, svg)", metavar="FILE")
+
+
+@dataclass(kw_only=True)
+class ExportConfig(Options):
+    """`bort export`: ONNX (optionally int8), checked against PyTorch."""
+
+    model: str = option(None, "model folder, config.json, hub name or preset", required=True)
+    output: str = option(None, "folder for model.onnx, tokenizer and config", required=True)
+    format: str = option("onnx", "export format", choices=("onnx",))
+    quantize: str | None = option(None, "also write model_int8.onnx (dynamic quantization)", choices=("int8",))
+    opset: int = option(18, "ONNX opset", minimum=13)
+    tolerance: float = option(1e-3, "max abs diff allowed vs PyTorch (fp32)", above=0)
+    fuse: bool = option(True, "keep the dynamo exporter's graph (no onnxruntime BERT fusions)", flag="--no-fuse")
+    dev_file: str | None = option(None, "labelled dev file (.tsv/.csv/.jsonl): accuracy of a fine-tuned classifier "
+                                         "in PyTorch, ONNX and int8", flag="--dev", metavar="FILE")
+    threads: int | None = option(None, "onnxruntime threads of the checks", minimum=1)
+    overwrite: bool = overwrite()
+
+
+def parse_theta(theta: str | list | dict | None, base: Options, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Θ, one grammar for every command: a grid 'lr=1e-3,3e-3;warmup=0.1' (`;` between keys, `,` between
+    values: the cross product), a mapping key -> values (a grid), a list of mappings (points), or a JSON/YAML
+    file holding either. Each point overrides the flags `keys` of `base` and is checked like them."""
+    if theta is None or theta == "":
+        return [{}]
+    if isinstance(theta, str) and Path(theta).is_file():
+        import yaml
+
+        try:
+            theta = yaml.safe_load(Path(theta).read_text())
+        except yaml.YAMLError as exc:
+            raise BortError(f"--theta file is not valid JSON/YAML: {str(exc).splitlines()[0]}") from None
+    if isinstance(theta, str):
+        grid: dict[str, list] = {}
+        for part in filter(None, (p.strip() for p in theta.split(";"))):
+            key, sep, values = part.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or not values.strip():
+                raise BortError(f"--theta: '{part}' is not KEY=V1,V2 (e.g. 'lr=1e-3,3e-3;warmup=0.1')")
+            if key in grid:
+                raise BortError(f"--theta: {key} is given twice; list its values once: {key}=V1,V2")
+            grid[key] = [v.strip() for v in values.split(",")]
+        theta = grid
+    if isinstance(theta, dict):
+        names = list(theta)
+        axes = [v if isinstance(v, list) else [v] for v in theta.values()]
+        theta = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)]
+    if not isinstance(theta, list) or not all(isinstance(p, dict) for p in theta):
+        raise BortError("--theta must be a grid 'KEY=V1,V2;...', a mapping of lists or a list of mappings")
+    hints = typing.get_type_hints(type(base))
+    points = []
+    for point in theta:
+        clean = {}
+        for key, value in point.items():
+            key = str(key).replace("-", "_")
+            if key not in keys:
+                raise BortError(f"--theta: unknown key '{key}'; use {', '.join(keys)}")
+            kind = int if hints[key] in (int, int | None) else float
+            try:
+                clean[key] = kind(float(value)) if kind is int and float(value).is_integer() else kind(value)
+            except (TypeError, ValueError):
+                raise BortError(f"--theta: {key}={value!r} is not a number") from None
+        type(base)(**{**base.to_dict(), **clean})  # each point is checked like the flags it overrides
+        points.append(clean)
+    return points or [{}]

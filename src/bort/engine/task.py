@@ -1,0 +1,28 @@
+"""The task objective: a classifier, regressor or multiple-choice head trained on gold labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TaskObjective(nn.Module):
+    """Cross-entropy on class (or choice) indices, mean squared error on scores."""
+
+    def __init__(self, model: nn.Module, regression: bool):
+        super().__init__()
+        self.model, self.regression = model, regression
+        self.teacher = None
+
+    def targets(self, batch: dict[str, Any]) -> None:
+        return None
+
+    def forward(self, batch: dict[str, Any], targets: Any = None) -> dict[str, torch.Tensor]:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = self.model(**inputs).logits.float()
+        if self.regression:
+            return {"loss": F.mse_loss(logits.squeeze(-1), batch["labels"].float())}
+        return {"loss": F.cross_entropy(logits, batch["labels"])}

