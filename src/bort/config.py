@@ -80,61 +80,37 @@ def make(cls: type[Options], **options: Any) -> Any:
     return cls(**options)
 
 
-def lr(default: float) -> Any:
-    return option(default, "peak learning rate (AdamW, linear warm-up then linear decay)", above=0)
-
-
-def warmup(default: float) -> Any:
-    return option(default, "warm-up: a fraction of the steps (< 1) or a number of steps", minimum=0)
-
-
-def weight_decay(default: float = 0.01) -> Any:
-    return option(default, "AdamW weight decay (not on biases and LayerNorm weights)", minimum=0)
-
-
-def batch_size(default: int) -> Any:
-    return option(default, "training rows per process per micro-step", minimum=1)
-
-
-def max_seq_len(default: int) -> Any:
-    return option(default, "tokens per row: packed corpus rows, or the truncation length of task inputs", minimum=8)
-
-
-def corpus() -> Any:
-    return option([], "text files or folders, or hf:NAME[:CONFIG] for a `datasets` corpus (default: the English "
-                      "documentation that ships with Python)", metavar="PATH")
-
-
-def mixed_precision() -> Any:
-    return option("auto", "GPU only (CPU runs stay fp32); auto = bf16 where supported, else fp16",
-                  choices=("auto", "no", "fp16", "bf16"))
-
-
-def progress() -> Any:
-    return option(True, "no progress bars", flag="--quiet")
-
-
-def resume() -> Any:
-    return option(False, "continue the run in --output from where it stopped")
-
-
-def overwrite() -> Any:
-    return option(False, "replace the run in --output (only a folder bort wrote)")
+def like(base: type, name: str, default: Any, **changes: Any) -> Any:
+    """Field `name` of `base` with another default: one help text and rule, a default per command."""
+    return option(default, **{**base.__dataclass_fields__[name].metadata, **changes})
 
 
 @dataclass(kw_only=True)
-class TrainConfig(Options):
+class RunConfig(Options):
+    """What every command that writes a run folder shares."""
+
+    output: str | None = option(None, "results folder")
+    resume: bool = option(False, "continue the run in --output from where it stopped")
+    overwrite: bool = option(False, "replace the run in --output (only a folder bort wrote)")
+    progress: bool = option(True, "no progress bars", flag="--quiet")
+    max_seq_len: int = option(128, "tokens per row: packed corpus rows, or the truncation length of task inputs",
+                              minimum=8)
+
+
+@dataclass(kw_only=True)
+class TrainConfig(RunConfig):
     """How the one training engine optimises any objective: pre-training, fine-tuning, each surrogate arm."""
 
     max_steps: int | None = option(None, "optimizer steps", minimum=1)
-    lr: float = lr(5e-5)
-    warmup: float = warmup(0.1)
-    weight_decay: float = weight_decay()
+    lr: float = option(5e-5, "peak learning rate (AdamW, linear warm-up then linear decay)", above=0)
+    warmup: float = option(0.1, "warm-up: a fraction of the steps (< 1) or a number of steps", minimum=0)
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm weights)", minimum=0)
     max_grad_norm: float = option(1.0, "gradients are clipped to this norm", above=0)
-    batch_size: int = batch_size(32)
+    batch_size: int = option(32, "training rows per process per micro-step", minimum=1)
     grad_accum: int = option(1, "micro-steps per optimizer step (gradient accumulation)", minimum=1)
     seed: int = option(0, "random seed: weights, data order, masks and dropout are functions of it")
-    mixed_precision: str = mixed_precision()
+    mixed_precision: str = option("auto", "GPU only (CPU runs stay fp32); auto = bf16 where supported, else fp16",
+                                  choices=("auto", "no", "fp16", "bf16"))
     save_every: int = option(500, "checkpoint every N steps (0: only at the end)", minimum=0)
     log_every: int = option(10, "write the training loss terms to metrics.jsonl every N steps", minimum=1)
     eval_every: int = option(100, "held-out evaluation every N steps (0: never)", minimum=0)
@@ -146,7 +122,10 @@ class TrainConfig(Options):
 
 @dataclass(kw_only=True)
 class DistillConfig(Options):
-    """The distillation objective: what `bort pretrain` trains and what the search's ê measures."""
+    """The distillation objective and its corpus: what `bort pretrain` trains and what the search's ê measures."""
+
+    corpus: list[str] = option([], "text files or folders, or hf:NAME[:CONFIG] for a `datasets` corpus (default: "
+                                   "the English documentation that ships with Python)", metavar="PATH")
 
     mask_prob: float = option(0.15, "share of the tokens masked (80% [MASK], 10% random, 10% kept)", above=0,
                               maximum=1)
@@ -162,25 +141,24 @@ class DistillConfig(Options):
 
 
 @dataclass(kw_only=True)
-class ExtractConfig(DistillConfig):
+class ExtractConfig(DistillConfig, RunConfig):
     """`bort extract`: the FPTAS over a family's space."""
 
     family: str = option("bert", "network family")
     source: str | None = option(None, "model folder, config.json, hub name or preset (default: embedded MiniLM)")
     teacher: str | None = option(None, "model that defines the surrogate error (default: the source)")
-    corpus: list[str] = corpus()
     space: str = option("default", "'default', 'bort-paper', or a JSON/YAML file mapping parameters to values")
     epsilon: float = option(0.2, "approximation parameter ε; a finalist trains n(ε) = ceil(8/ε) steps", above=0,
                             maximum=0.99)
     steps: int | None = option(None, "override n(ε), the surrogate steps of a finalist", minimum=1)
     theta: str = option("lr=1e-3,3e-3", "Θ, training hyperparameters each candidate is tried with: a grid "
                         "'KEY=V1,V2;KEY=V3' over --lr/--warmup/--weight-decay, or a JSON/YAML file")
-    lr: float = lr(1e-3)
-    warmup: float = warmup(0.1)
-    weight_decay: float = weight_decay()
-    batch_size: int = batch_size(8)
-    max_seq_len: int = max_seq_len(64)
-    mixed_precision: str = mixed_precision()
+    lr: float = like(TrainConfig, "lr", 1e-3)
+    warmup: float = like(TrainConfig, "warmup", 0.1)
+    weight_decay: float = like(TrainConfig, "weight_decay", 0.01)
+    batch_size: int = like(TrainConfig, "batch_size", 8)
+    max_seq_len: int = like(RunConfig, "max_seq_len", 64)
+    mixed_precision: str = like(TrainConfig, "mixed_precision", "auto")
     speed: str = option("ops", "i(ξ): analytic operation count, or measured latency", choices=("ops", "measured"))
     latency_batch_size: int = option(1, "reference shape of i(ξ): batch size", minimum=1)
     latency_seq_len: int = option(128, "reference shape of i(ξ): sequence length", minimum=1)
@@ -189,11 +167,8 @@ class ExtractConfig(DistillConfig):
     max_latency_ms: float | None = option(None, "target: measured latency at the reference shape", above=0)
     halving: bool = option(True, "train every candidate for n(ε) (the paper's schedule)", flag="--no-halving")
     check_factor: int | None = option(None, "approximation check: retrain the finalists with this x n(ε)", minimum=2)
-    output: str | None = option(None, "results folder (default: runs/extract-<time>)")
-    resume: bool = resume()
-    overwrite: bool = overwrite()
+    output: str | None = like(RunConfig, "output", None, help="results folder (default: runs/extract-<time>)")
     seed: int = option(0, "random seed of the search (data, masks and each arm's seed)")
-    progress: bool = progress()
 
 
 @dataclass(kw_only=True)
@@ -202,21 +177,17 @@ class PretrainConfig(TrainConfig, DistillConfig):
 
     arch: str = option(None, "chosen/ folder from `bort extract`, a config.json, or D,A,H,I cut from --source",
                        required=True)
-    output: str = option(None, "folder for the model, checkpoints and metrics.jsonl", required=True)
+    output: str = like(RunConfig, "output", None, help="folder for the model, checkpoints and metrics.jsonl",
+                       required=True)
     teacher: str | None = option(None, "teacher folder or hub name (default: embedded all-MiniLM-L6-v2)")
     source: str | None = option(None, "model that D,A,H,I and --init source cut from (default: the teacher)")
-    corpus: list[str] = corpus()
-    max_steps: int = option(1000, "optimizer steps", minimum=1)
-    lr: float = lr(5e-4)
-    warmup: float = warmup(0.06)
-    max_seq_len: int = max_seq_len(128)
+    max_steps: int = like(TrainConfig, "max_steps", 1000)
+    lr: float = like(TrainConfig, "lr", 5e-4)
+    warmup: float = like(TrainConfig, "warmup", 0.06)
     eval_sequences: int = option(64, "held-out sequences for evaluation", minimum=1)
     max_sequences: int | None = option(None, "use at most this many packed sequences of the corpus", minimum=1)
     cache_dir: str | None = option(None, "token cache folder (default: $BORT_CACHE/tokens)")
     measure_latency: bool = option(True, "skip the CPU latency measurement for the model card", flag="--no-latency")
-    resume: bool = resume()
-    overwrite: bool = overwrite()
-    progress: bool = progress()
 
 
 @dataclass(kw_only=True)
@@ -226,17 +197,17 @@ class FinetuneConfig(TrainConfig):
     model: str | None = option(None, "model folder or hub name (default: the embedded MiniLM)")
     task: str = option(None, "task name (GLUE/SuperGLUE official or `datasets` name, e.g. STS-B or stsb), or a "
                              "name for your own --train/--dev files", required=True)
-    output: str = option(None, "results folder", required=True)
+    output: str = like(RunConfig, "output", None, required=True)
     data_dir: str | None = option(None, "folder in the official layout (glue/<Task>/*.tsv, superglue/<Task>/*.jsonl); "
                                         "default $BORT_DATA_DIR, else the hub")
     seeds: list[int] = option([0], "one run per seed")
+    seed: int = like(TrainConfig, "seed", 0, cli=False)  # each run's, taken from --seeds
     epochs: float = option(3.0, "passes over the train set (unless --max-steps)", above=0)
-    max_seq_len: int = max_seq_len(128)
     max_train_samples: int | None = option(None, "one random subsample of the train split, the same for every seed",
                                            minimum=1)
-    save_every: int = option(100, "checkpoint every N steps (0: only at the end)", minimum=0)
+    save_every: int = like(TrainConfig, "save_every", 100)
     eval_batch_size: int = option(64, "rows per prediction batch", minimum=1)
-    eval_every: int = option(0, "unused: fine-tuning scores the official dev split at the end", cli=False)
+    eval_every: int = like(TrainConfig, "eval_every", 0, cli=False)  # the official dev split is scored at the end
     train_file: str | None = option(None, "custom task: train file (.csv, .tsv or .jsonl)", flag="--train")
     dev_file: str | None = option(None, "custom task: dev file", flag="--dev")
     test_file: str | None = option(None, "custom task: unlabelled test file", flag="--test")
@@ -245,17 +216,11 @@ class FinetuneConfig(TrainConfig):
     label_column: str = option("label", "custom task: label column")
     kind: str = option("classification", "custom task: head kind", choices=("classification", "regression"))
     measure_latency: bool = option(True, "skip the CPU latency measurement", flag="--no-latency")
-    resume: bool = resume()
-    overwrite: bool = overwrite()
-    progress: bool = progress()
 
     def task_files(self) -> dict[str, Any]:
         """The custom-task options (empty for a registered task)."""
-        if not self.train_file:
-            return {}
-        return dict(train_file=self.train_file, dev_file=self.dev_file, test_file=self.test_file,
-                    text_column=self.text_column, pair_column=self.pair_column, label_column=self.label_column,
-                    kind=self.kind)
+        names = ("train_file", "dev_file", "test_file", "text_column", "pair_column", "label_column", "kind")
+        return {k: getattr(self, k) for k in names} if self.train_file else {}
 
 
 @dataclass(kw_only=True)
@@ -334,7 +299,7 @@ class ExportConfig(Options):
     dev_file: str | None = option(None, "labelled dev file (.tsv/.csv/.jsonl): accuracy of a fine-tuned classifier "
                                          "in PyTorch, ONNX and int8", flag="--dev", metavar="FILE")
     threads: int | None = option(None, "onnxruntime threads of the checks", minimum=1)
-    overwrite: bool = overwrite()
+    overwrite: bool = like(RunConfig, "overwrite", False)
 
 
 def parse_theta(theta: str | list | dict | None, base: Options, keys: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -2,8 +2,8 @@
 tables, and which process writes.
 
 Policies that every command shares live here and nowhere else:
-- loading never runs code: configs and tokenizers are JSON, weights safetensors (transformers refuses unsafe
-  pickles), checkpoints safetensors + JSON; `trust_remote_code` is never passed;
+- loading never runs code: configs and tokenizers are JSON, weights safetensors (transformers reads old .bin
+  weights with torch's weights-only loader), checkpoints safetensors + JSON; `trust_remote_code` is never passed;
 - a folder bort did not write is never deleted or overwritten: run folders carry a marker file, and
   `--overwrite` only clears a folder that has it;
 - every file is written beside its final name and renamed into place, so a crash leaves the old file or the
@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +290,7 @@ def prepare_output(output: str | os.PathLike | None, command: str, resume: bool 
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     check_writable(folder)
     if not (folder / MARKER).is_file():
-        write_json(folder / MARKER, {"command": command, "created": datetime.now(timezone.utc).isoformat()})
+        write_json(folder / MARKER, {"command": command, "created": datetime.now(UTC).isoformat()})
     return folder
 
 
