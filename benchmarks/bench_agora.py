@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import time
 from pathlib import Path
 
-from bort.api import agora, extract, finetune, pretrain
-from bort.families.bert import default_source
+import bort
+from bort.io import default_source
 from bort.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,11 +42,12 @@ def student(args: argparse.Namespace, out: Path) -> str:
     if args.quick:
         arch = args.arch
     else:
-        result = extract(output=str(out / "extract"), resume=(out / "extract").exists(), epsilon=args.epsilon,
-                         max_latency_ms=args.max_latency_ms, speed="measured")
+        # hidden_loss="cosine": the surrogate error this experiment's search used (the library default is now mse)
+        result = bort.extract(output=str(out / "extract"), resume=(out / "extract").exists(), epsilon=args.epsilon,
+                              max_latency_ms=args.max_latency_ms, speed="measured", hidden_loss="cosine")
         arch = str(result.output / "chosen")
-    pretrain(arch, folder, init="source", max_steps=args.pretrain_steps, batch_size=16, max_seq_len=64,
-             resume=folder.exists())
+    bort.pretrain(arch, str(folder), init="source", max_steps=args.pretrain_steps, batch_size=16, max_seq_len=64,
+                  resume=folder.exists())
     return str(folder)
 
 
@@ -70,6 +72,8 @@ def main() -> None:
                    help="fine-tune only (a), the teacher, on every task (it needs no student: run it first or "
                         "beside the student's pre-training; the full run then reuses it)")
     args = p.parse_args()
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("bort").setLevel(logging.INFO)  # what the library says about its runs
     quick = args.quick
     tasks = args.tasks or (["RTE", "CB"] if quick else list(ALL_TASKS))
     seeds = args.seeds or ([0] if quick else [0, 1, 2])
@@ -82,7 +86,7 @@ def main() -> None:
 
     def teacher_run(name: str) -> dict:
         """(a): a finished run is loaded, not retrained, so --teacher-only work is reused."""
-        return finetune(default_source(), name, out / "teacher" / name, **common)
+        return bort.finetune(default_source(), name, str(out / "teacher" / name), **common).summary
 
     if args.teacher_only:
         for name in tasks:
@@ -95,10 +99,11 @@ def main() -> None:
         t0 = time.time()
         a = teacher_run(name)
         labeller = str(out / "teacher" / name / "plain" / f"seed-{seeds[0]}")
-        bc = agora(small, name, out / "agora" / name, labeller=labeller, compare=True, rounds=2 if quick else 3,
-                   theta=args.theta or (None if quick else "lr=1e-4,3e-4"), samples_per_mistake=4,
-                   transform=args.transform,
-                   infill_model=(args.infill_model or small) if args.transform == "infill" else None, **common)
+        bc = bort.agora(small, name, str(out / "agora" / name), labeller=labeller, compare=True,
+                        rounds=2 if quick else 3, theta=args.theta or (None if quick else "lr=1e-4,3e-4"),
+                        samples_per_mistake=4, transform=args.transform,
+                        infill_model=(args.infill_model or small) if args.transform == "infill" else None,
+                        **common).summary
         main_metric = get_task(name).metrics[0]
         rows.append({"task": name, "metric": main_metric, "teacher": a, "plain": bc["plain"], "agora": bc["agora"],
                      "teacher_ms": a.get("cpu_latency_ms"), "student_ms": bc.get("cpu_latency_ms"),

@@ -9,6 +9,7 @@
 
     python benchmarks/bench_pretrain.py --quick          # a few minutes on 2 cores
     python benchmarks/bench_pretrain.py --budget-s 1800  # the issue's 30-minute budget per init
+    python benchmarks/bench_pretrain.py --throughput-only  # only part 1 (re-measure tokens/s quickly)
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-from bort.distill.teacher import load_tokenizer
 
+import bort
 from bort.distill.data import cached_sequences
-from bort.distill.pretrain import pretrain, resolve_arch
-from bort.families.bert import default_source
+from bort.distill.pretrain import resolve_arch
+from bort.io import default_source, load_tokenizer
 
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
 
@@ -78,9 +79,13 @@ def main() -> None:
     p.add_argument("--eval-sequences", type=int, default=64)
     p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "bort-bench-pretrain"))
     p.add_argument("--quick", action="store_true", help="small shapes and a 30 s budget: a smoke benchmark")
+    p.add_argument("--throughput-only", action="store_true", help="only part 1, the tokens/s comparison")
     a = p.parse_args()
-    if a.quick:
-        a.seq_len, a.batch_size, a.throughput_steps, a.budget_s, a.eval_sequences = 64, 8, 12, 30, 32
+    if a.quick:  # new defaults; flags given explicitly still win
+        p.set_defaults(seq_len=64, batch_size=8, throughput_steps=12, budget_s=30, eval_sequences=32)
+        a = p.parse_args()
+    if a.throughput_steps < 2:
+        p.error("--throughput-steps must be at least 2 (the first step is not timed)")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"threads {torch.get_num_threads()}, arch {a.arch}, batch {a.batch_size} x {a.seq_len}, "
@@ -97,18 +102,24 @@ def main() -> None:
     for _ in range(a.rounds):
         plains.append(hf_trainer_tokens_per_s(a.arch, rows, a.batch_size, a.throughput_steps, a.lr))
         with tempfile.TemporaryDirectory() as tmp:
-            distils.append(pretrain(a.arch, Path(tmp) / "t", max_steps=a.throughput_steps, eval_every=0,
-                                    **common))
-    plain = max(plains)
-    distil = max(distils, key=lambda d: d["tokens_per_s"])
-    print(f"rounds: plain {[round(x) for x in plains]}, distil {[round(d['tokens_per_s']) for d in distils]}")
-    ratio = distil["tokens_per_s"] / plain
+            # a new folder each round: bort refuses to write into a non-empty one
+            run = bort.pretrain(a.arch, str(Path(tmp) / "t"), max_steps=a.throughput_steps, eval_every=0,
+                                **common)
+            distils.append(run.tokens_per_s)
+    plain, distil = max(plains), max(distils)
+    print(f"rounds: plain {[round(x) for x in plains]}, distil {[round(x) for x in distils]}")
+    ratio = distil / plain
     print("\n| run | tokens/s |\n|---|---|")
     print(f"| HF Trainer, masked LM, student only | {plain:,.0f} |")
-    print(f"| bort pretrain, MiniLM teacher live in the loop | {distil['tokens_per_s']:,.0f} "
-          f"({ratio:.0%} of plain) |")
+    print(f"| bort pretrain, MiniLM teacher live in the loop | {distil:,.0f} ({ratio:.0%} of plain) |")
+    if a.throughput_only:  # its own file: a full run's results.json (with the curves) stays
+        (out / "throughput.json").write_text(json.dumps({"args": vars(a), "plain_tokens_per_s": plain,
+                                                         "plain_rounds": plains, "distil_tokens_per_s": distil,
+                                                         "distil_rounds": distils}, indent=1))
+        print(f"\ndata: {out / 'throughput.json'}")
+        return
 
-    step_s = a.batch_size * a.seq_len / distil["tokens_per_s"]
+    step_s = a.batch_size * a.seq_len / distil
     steps = max(10, int(a.budget_s / step_s))
     every = max(1, steps // 8)
     print(f"\nquality: {steps} steps per init (~{a.budget_s:.0f} s at {step_s:.2f} s/step), "
@@ -117,9 +128,10 @@ def main() -> None:
     for init in ("random", "source"):
         run = out / f"init-{init}"
         t0 = time.perf_counter()
-        summary = pretrain(a.arch, run, init=init, max_steps=steps, eval_every=every, log_every=every,
-                           **common)
-        curves[init], final[init] = eval_curve(run), {**summary["eval"], "wall_s": time.perf_counter() - t0}
+        # overwrite=True: a rerun replaces the folder an earlier run of this script wrote
+        result = bort.pretrain(a.arch, str(run), init=init, max_steps=steps, eval_every=every, log_every=every,
+                               overwrite=True, **common)
+        curves[init], final[init] = eval_curve(run), {**result.eval, "wall_s": time.perf_counter() - t0}
     print("\n| init | step 0 hidden loss | final hidden loss | step 0 cosine | final cosine | final MLM CE |"
           " wall s |\n|---|---|---|---|---|---|---|")
     for init in curves:
@@ -127,7 +139,7 @@ def main() -> None:
         print(f"| {init} | {first['hidden']:.3f} | {last['hidden']:.3f} | {first['cosine']:.3f} | "
               f"{last['cosine']:.3f} | {last.get('mlm', float('nan')):.3f} | {final[init]['wall_s']:.0f} |")
     (out / "results.json").write_text(json.dumps({"args": vars(a), "plain_tokens_per_s": plain,
-                                                  "distil_tokens_per_s": distil["tokens_per_s"],
+                                                  "distil_tokens_per_s": distil,
                                                   "curves": curves, "final": final}, indent=1))
     try:
         import matplotlib

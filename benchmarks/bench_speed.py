@@ -15,13 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bort.api import bench
-from bort.families.bert import default_source
-from bort.speed.bench import RUNTIMES, format_table
+import bort
+from bort.config import BenchConfig
+from bort.io import default_source
+from bort.speed.bench import format_table
 
 BORT_TARGET_SPEEDUP = 40.0  # Bort shape, best runtime, vs BERT-large in PyTorch eager
 PEAK_TARGET = 0.85  # fraction of the measured fp32 GEMM peak at batch 32 x 128
 FULL_RUNTIMES = ["torch", "compile", "onnx", "onnx-int8"]
+RUNTIMES = BenchConfig.__dataclass_fields__["runtimes"].metadata["choices"]
 
 
 def models(extra: list[str], quick: bool) -> list[str]:
@@ -75,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         records = json.loads(Path(args.show).read_text())
         print(format_table(records), "", *summary(records), sep="\n")
         return 0
-    records = bench(models(args.extra, args.quick),
-                    runtimes=args.runtimes or (["torch", "onnx"] if args.quick else FULL_RUNTIMES),
-                    batch_sizes=[1] if args.quick else [1, 32], seq_lens=[128] if args.quick else [128, 512],
-                    threads=args.threads, repeats=args.repeats or (5 if args.quick else 10),
-                    warmup=1, max_seconds=args.max_seconds, json_path=args.json,
-                    plot_path=args.plot)
+    records = bort.bench(models(args.extra, args.quick),
+                         runtimes=args.runtimes or (["torch", "onnx"] if args.quick else FULL_RUNTIMES),
+                         batch_sizes=[1] if args.quick else [1, 32], seq_lens=[128] if args.quick else [128, 512],
+                         threads=args.threads, repeats=args.repeats or (5 if args.quick else 10),
+                         warmup_runs=1, max_seconds=args.max_seconds, json_path=args.json,
+                         plot=args.plot).records
     print(" ".join(["python", *sys.argv]))
     print(format_table(records))
     print()

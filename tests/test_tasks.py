@@ -176,5 +176,5 @@ def test_resume_after_a_crash_continues_the_same_trajectory(tmp_path, shared_dat
     assert steps == 5 and not (tmp_path / "crashed" / "checkpoints").exists()
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
-    with pytest.raises(BortError, match="finished run with other settings.*lr"):
+    with pytest.raises(BortError, match="finished run in .* was made with other settings.*lr"):
         ft.train(tiny_model, task, data, FinetuneConfig(**{**config.to_dict(), "lr": 1e-3}), tmp_path / "crashed")

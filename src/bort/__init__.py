@@ -7,8 +7,8 @@ on first use, so `import bort` (and `bort --help`) does not pay for torch and tr
 from bort.errors import BortError
 
 __version__ = "0.1.0"
-__all__ = ["BortError", "CostResult", "ExportResult", "ExtractionResult", "TaskResult", "agora", "bench", "cost",
-           "export", "extract", "finetune", "pretrain", "register_family"]
+__all__ = ["BenchResult", "BortError", "CostResult", "ExportResult", "ExtractionResult", "PretrainResult", "TaskResult",
+           "agora", "bench", "cost", "export", "extract", "finetune", "pretrain", "register_family"]
 
 
 def __getattr__(name: str):

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from bort import config as cfg
+from bort.distill.pretrain import PretrainResult
 from bort.families import Family, parse_arch, resolve_family
 from bort.families import register_family as _register_family
 from bort.search.extraction import ExtractionResult
 from bort.search.surrogate import Surrogate, register_surrogate
+from bort.speed.bench import BenchResult
 
-__all__ = ["CostResult", "ExportResult", "ExtractionResult", "TaskResult", "agora", "bench", "cost", "export",
-           "extract", "finetune", "pretrain", "register_family"]
+__all__ = ["BenchResult", "CostResult", "ExportResult", "ExtractionResult", "PretrainResult", "TaskResult", "agora",
+           "bench", "cost", "export", "extract", "finetune", "pretrain", "register_family"]
 
 
 def _options(cls: type[cfg.Options], config: cfg.Options | None, given: dict[str, Any], **options: Any) -> Any:
@@ -74,7 +76,7 @@ def register_family(name: str, factory, surrogate=None) -> None:
         register_surrogate(name, surrogate)
 
 
-def cost(arch: str | tuple[int, ...], family: str | Family = "bert", source: str | os.PathLike | None = None,
+def cost(arch: str | tuple[int, ...], family: str | Family = "bert", source: str | os.PathLike | None = None, *,
          config: cfg.CostConfig | None = None, **options: Any) -> CostResult:
     """Predicted size and operation count of one architecture, without training anything; with
     `measure=True`, the measured median latency on this machine too."""
@@ -93,8 +95,8 @@ def cost(arch: str | tuple[int, ...], family: str | Family = "bert", source: str
     return result
 
 
-def extract(source: str | os.PathLike | None = None, config: cfg.ExtractConfig | None = None,
-            family: str | Family | None = None, surrogate: Surrogate | None = None,
+def extract(source: str | os.PathLike | None = None, *, family: str | Family | None = None,
+            surrogate: Surrogate | None = None, config: cfg.ExtractConfig | None = None,
             **options: Any) -> ExtractionResult:
     """Find the W-optimal sub-architecture of `source` (default: the embedded MiniLM) and write the results.
 
@@ -108,8 +110,8 @@ def extract(source: str | os.PathLike | None = None, config: cfg.ExtractConfig |
     return run(settings, instance, surrogate)
 
 
-def pretrain(arch: str | os.PathLike | tuple[int, ...], output: str | os.PathLike,
-             config: cfg.PretrainConfig | None = None, **options: Any):
+def pretrain(arch: str | os.PathLike | tuple[int, ...], output: str | os.PathLike, *,
+             config: cfg.PretrainConfig | None = None, **options: Any) -> PretrainResult:
     """Distil `arch` (a chosen/ folder, a config.json, or D,A,H,I) from the teacher; a stock folder in `output`."""
     from bort.distill.pretrain import pretrain as run
 
@@ -117,7 +119,7 @@ def pretrain(arch: str | os.PathLike | tuple[int, ...], output: str | os.PathLik
     return run(_options(cfg.PretrainConfig, config, {"arch": arch, "output": output}, **options))
 
 
-def finetune(model: str | os.PathLike | None, task: str, output: str | os.PathLike,
+def finetune(model: str | os.PathLike | None, task: str, output: str | os.PathLike, *,
              config: cfg.FinetuneConfig | None = None, **options: Any) -> TaskResult:
     """Fine-tune `model` (default: the embedded MiniLM) on `task` once per seed; official-dev metrics."""
     from bort import io
@@ -127,7 +129,7 @@ def finetune(model: str | os.PathLike | None, task: str, output: str | os.PathLi
     return TaskResult(Path(output), io.broadcast(run(settings)))
 
 
-def agora(model: str | os.PathLike | None, task: str, output: str | os.PathLike,
+def agora(model: str | os.PathLike | None, task: str, output: str | os.PathLike, *,
           config: cfg.AgoraConfig | None = None, **options: Any) -> TaskResult:
     """Agora fine-tuning of `model` on `task` (one run per seed); `compare=True` adds plain fine-tuning."""
     from bort import io
@@ -137,8 +139,8 @@ def agora(model: str | os.PathLike | None, task: str, output: str | os.PathLike,
     return TaskResult(Path(output), io.broadcast(run(settings)))
 
 
-def bench(models: list[str | os.PathLike], config: cfg.BenchConfig | None = None,
-          json_path: str | os.PathLike | None = None, progress: bool = True, **options: Any):
+def bench(models: list[str | os.PathLike], *, json_path: str | os.PathLike | None = None, progress: bool = True,
+          config: cfg.BenchConfig | None = None, **options: Any) -> BenchResult:
     """Time every model x runtime x shape side by side; `json_path` gets the records."""
     from bort.speed.bench import bench as run
 
@@ -146,7 +148,7 @@ def bench(models: list[str | os.PathLike], config: cfg.BenchConfig | None = None
     return run(settings, json_path, progress)
 
 
-def export(model: str | os.PathLike, output: str | os.PathLike, config: cfg.ExportConfig | None = None,
+def export(model: str | os.PathLike, output: str | os.PathLike, *, config: cfg.ExportConfig | None = None,
            **options: Any) -> ExportResult:
     """ONNX (optionally int8) of `model` in `output`, checked against PyTorch."""
     from bort.speed.export import export as run

@@ -87,13 +87,9 @@ def options(args: argparse.Namespace) -> cfg.Options:
     given = {k: v for k, v in vars(args).items() if k in cls.names()}
     from_file: dict[str, Any] = {}
     if getattr(args, "config", None):
-        import yaml
+        from bort.io import read_yaml
 
-        try:
-            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise BortError(f"--config {args.config} cannot be read as YAML ({type(exc).__name__}); pass a YAML "
-                            "mapping of option names to values") from None
+        loaded = read_yaml(args.config, "--config") or {}
         if not isinstance(loaded, dict):
             raise BortError(f"--config {args.config} must be a YAML mapping of option names to values")
         from_file = {str(k).replace("-", "_"): v for k, v in loaded.items()}

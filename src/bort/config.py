@@ -16,6 +16,9 @@ from typing import Any
 
 from bort.errors import BortError
 
+# onnx*: the graph `bort export` writes (fused for BERT models); onnx-unfused*: the dynamo exporter's graph as is
+RUNTIMES = ("torch", "compile", "onnx", "onnx-int8", "onnx-unfused", "onnx-unfused-int8")
+
 
 def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, choices: tuple | None = None,
            minimum: float | None = None, above: float | None = None, maximum: float | None = None,
@@ -273,9 +276,7 @@ class BenchConfig(Options):
 
     models: list[str] = option(None, "model folders, config.json files, hub names or presets (bert-large, bert-base, "
                                    "bort); LABEL=SOURCE names one; ratios are against the first", required=True)
-    runtimes: list[str] = option(["torch"], "runtimes to time", flag="--runtime",
-                                 choices=("torch", "compile", "onnx", "onnx-int8", "onnx-unfused",
-                                          "onnx-unfused-int8"))
+    runtimes: list[str] = option(["torch"], "runtimes to time", flag="--runtime", choices=RUNTIMES)
     batch_sizes: list[int] = option([1], "batch sizes to time", flag="--batch-size", minimum=1)
     seq_lens: list[int] = option([128], "sequence lengths to time", flag="--seq-len", minimum=1)
     threads: int | None = option(None, "intra-op threads for every runtime (default: torch's)", minimum=1)
@@ -304,47 +305,37 @@ class ExportConfig(Options):
 
 def parse_theta(theta: str | list | dict | None, base: Options, keys: tuple[str, ...]) -> list[dict[str, Any]]:
     """Θ, one grammar for every command: a grid 'lr=1e-3,3e-3;warmup=0.1' (`;` between keys, `,` between
-    values: the cross product), a mapping key -> values (a grid), a list of mappings (points), or a JSON/YAML
+    values: every combination), a mapping key -> values (a grid), a list of mappings (points), or a JSON/YAML
     file holding either. Each point overrides the flags `keys` of `base` and is checked like them."""
-    if theta is None or theta == "":
-        return [{}]
     if isinstance(theta, str) and Path(theta).is_file():
-        import yaml
+        from bort.io import read_yaml
 
-        try:
-            theta = yaml.safe_load(Path(theta).read_text())
-        except yaml.YAMLError as exc:
-            raise BortError(f"--theta file is not valid JSON/YAML: {str(exc).splitlines()[0]}") from None
+        theta = read_yaml(theta, "--theta")
     if isinstance(theta, str):
         grid: dict[str, list] = {}
         for part in filter(None, (p.strip() for p in theta.split(";"))):
-            key, sep, values = part.partition("=")
-            key = key.strip().replace("-", "_")
-            if not sep or not values.strip():
-                raise BortError(f"--theta: '{part}' is not KEY=V1,V2 (e.g. 'lr=1e-3,3e-3;warmup=0.1')")
+            key, sep, values = (x.strip() for x in part.partition("="))
             if key in grid:
                 raise BortError(f"--theta: {key} is given twice; list its values once: {key}=V1,V2")
-            grid[key] = [v.strip() for v in values.split(",")]
+            if not sep or not values:
+                raise BortError(f"--theta: '{part}' is not KEY=V1,V2 (e.g. 'lr=1e-3,3e-3;warmup=0.1')")
+            grid[key] = values.split(",")
         theta = grid
     if isinstance(theta, dict):
-        names = list(theta)
         axes = [v if isinstance(v, list) else [v] for v in theta.values()]
-        theta = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)]
-    if not isinstance(theta, list) or not all(isinstance(p, dict) for p in theta):
+        theta = [dict(zip(theta, combo, strict=True)) for combo in itertools.product(*axes)]
+    if not isinstance(theta, list | None) or not all(isinstance(p, dict) for p in theta or []):
         raise BortError("--theta must be a grid 'KEY=V1,V2;...', a mapping of lists or a list of mappings")
-    hints = typing.get_type_hints(type(base))
-    points = []
-    for point in theta:
-        clean = {}
-        for key, value in point.items():
-            key = str(key).replace("-", "_")
+    hints, points = typing.get_type_hints(type(base)), []
+    for point in theta or [{}]:
+        clean = {str(k).strip().replace("-", "_"): v for k, v in point.items()}
+        for key, value in clean.items():
             if key not in keys:
                 raise BortError(f"--theta: unknown key '{key}'; use {', '.join(keys)}")
-            kind = int if hints[key] in (int, int | None) else float
             try:
-                clean[key] = kind(float(value)) if kind is int and float(value).is_integer() else kind(value)
+                clean[key] = int(value) if hints[key] in (int, int | None) else float(value)
             except (TypeError, ValueError):
                 raise BortError(f"--theta: {key}={value!r} is not a number") from None
-        type(base)(**{**base.to_dict(), **clean})  # each point is checked like the flags it overrides
         points.append(clean)
+        type(base)(**{**base.to_dict(), **clean})  # each point is checked like the flags it overrides
     return points or [{}]

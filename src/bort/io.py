@@ -64,9 +64,8 @@ def is_main() -> bool:
 
 
 def barrier() -> None:
-    state = _partial_state()
-    if state is not None:
-        state.wait_for_everyone()
+    if _partial_state() is not None:
+        _partial_state().wait_for_everyone()
 
 
 def gather(items: list) -> list:
@@ -131,11 +130,11 @@ def load_config(source: str | os.PathLike | None):
 def load_tokenizer(source: str | os.PathLike | None):
     from transformers import AutoTokenizer
 
-    source = str(source) if source is not None else default_source()
+    name = str(source) if source is not None else default_source()
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(name)
     except Exception as exc:
-        raise _cannot_load("a tokenizer", source, exc) from None
+        raise _cannot_load("a tokenizer", name, exc) from None
 
 
 def load_model(source: str | os.PathLike | None, kind: str = "base", config: Any = None, **kwargs: Any):
@@ -202,6 +201,10 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(strict_json(data), indent=1, allow_nan=False) + "\n")
 
 
+def rewrite_jsonl(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(strict_json(r), allow_nan=False) + "\n" for r in records))
+
+
 def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(Path(path).read_text())
@@ -226,18 +229,25 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
             os.fsync(f.fileno())
 
 
+def read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """A YAML (or JSON) file given as option `what`; never runs code (safe_load)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise BortError(f"{what} {path} cannot be read as YAML/JSON ({reason}); fix the file") from None
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The complete records of a JSONL file (a missing file has none; a torn line is skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(errors="replace").splitlines():
+    def record(line: str) -> Any:
         with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if isinstance(record, dict):
-                records.append(record)
-    return records
+            return json.loads(line)
+
+    lines = Path(path).read_text(errors="replace").splitlines() if Path(path).is_file() else []
+    return [r for r in map(record, lines) if isinstance(r, dict)]
 
 
 def progress_bar(total: int | None, desc: str, enabled: bool = True, **kwargs: Any):
@@ -248,10 +258,6 @@ def progress_bar(total: int | None, desc: str, enabled: bool = True, **kwargs: A
 
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True,
                 mininterval=0.5 if sys.stderr.isatty() else 30, **kwargs)
-
-
-def rewrite_jsonl(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
-    write_text(path, "".join(json.dumps(strict_json(r), allow_nan=False) + "\n" for r in records))
 
 
 # -- run folders --------------------------------------------------------------------------------------------
@@ -271,7 +277,14 @@ def prepare_output(output: str | os.PathLike | None, command: str, resume: bool 
 
     A folder that holds files is refused without --resume/--overwrite; --resume and --overwrite need a folder
     bort wrote (its marker); --overwrite never clears an input, a folder holding an input, '.', or home.
+    Process 0 prepares it; every process gets its path.
     """
+    if not is_main():
+        return Path(broadcast(None))
+    return Path(broadcast(str(_prepare(output, command, resume, overwrite, inputs))))
+
+
+def _prepare(output, command: str, resume: bool, overwrite: bool, inputs: tuple) -> Path:
     folder = Path(output or Path("runs") / datetime.now().strftime(f"{command}-%Y%m%d-%H%M%S")).expanduser()
     filled = folder.is_dir() and any(folder.iterdir())
     if folder.exists() and not folder.is_dir():
@@ -296,11 +309,20 @@ def prepare_output(output: str | os.PathLike | None, command: str, resume: bool 
 
 def _refuse_to_clear(folder: Path, inputs: tuple[str | os.PathLike | None, ...]) -> None:
     target = folder.resolve()
-    for keep in [Path.cwd(), Path.home()] + [Path(p).expanduser() for p in inputs if p]:
+    for keep in [Path.cwd(), Path.home()] + [Path(p).expanduser() for p in inputs if isinstance(p, str | os.PathLike)]:
         keep = keep.resolve()
         if keep == target or target in keep.parents:
             raise BortError(f"--overwrite would delete {keep}, which this run reads or which holds it; choose "
                             "another --output")
+
+
+def same_settings(saved: dict[str, Any], current: dict[str, Any], what: str) -> None:
+    """Refuse to continue `what` (a run, a checkpoint, a finished model) made with other settings, naming them."""
+    current = strict_json(current)
+    differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if differ:
+        raise BortError(f"{what} was made with other settings ({', '.join(differ)}); use the original settings, or "
+                        "--overwrite to start again")
 
 
 # -- checkpoints --------------------------------------------------------------------------------------------

@@ -16,13 +16,11 @@ CANDIDATE_COLUMNS = ("params", "effective_params", "ops", "latency_ms", "surroga
 
 
 def candidate_row(c: Candidate, names: Sequence[str]) -> dict[str, Any]:
-    row: dict[str, Any] = dict(zip(names, c.arch, strict=True))
-    row.update(params=c.params, effective_params=c.effective_params, ops=c.ops,
-               latency_ms="" if c.latency_ms is None else round(c.latency_ms, 3),
-               surrogate_error=None if c.error is None else round(c.error, 6),
-               W=None if c.W is None else round(c.W, 6), pareto="" if c.pareto is None else str(c.pareto).lower(),
-               steps=c.steps, theta=c.theta)
-    return row
+    return dict(zip(names, c.arch, strict=True), params=c.params, effective_params=c.effective_params, ops=c.ops,
+                latency_ms="" if c.latency_ms is None else round(c.latency_ms, 3),
+                surrogate_error=None if c.error is None else round(c.error, 6),
+                W=None if c.W is None else round(c.W, 6), pareto="" if c.pareto is None else str(c.pareto).lower(),
+                steps=c.steps, theta=c.theta)
 
 
 def write_candidates_csv(path: Path, candidates: Sequence[Candidate], names: Sequence[str]) -> None:
@@ -31,8 +29,7 @@ def write_candidates_csv(path: Path, candidates: Sequence[Candidate], names: Seq
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=[*names, *CANDIDATE_COLUMNS])
     writer.writeheader()
-    for c in sorted(candidates, key=lambda c: (-(c.W or 0), c.arch)):
-        writer.writerow(candidate_row(c, names))
+    writer.writerows(candidate_row(c, names) for c in sorted(candidates, key=lambda c: (-(c.W or 0), c.arch)))
     bort_io.write_text(path, buffer.getvalue())
 
 
@@ -46,12 +43,10 @@ def plot_pareto(path: Path, candidates: Sequence[Candidate], chosen: Candidate, 
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     speed_axis = ("latency_ms", "latency (ms)", 1) if measured else ("ops", "GFLOPs / forward", 1e9)
-    axes_spec = [("params", "parameters (M)", 1e6), speed_axis]
-    for ax, (attr, label, scale) in zip(axes, axes_spec, strict=True):
-        xs = [getattr(c, attr) / scale for c in candidates]
-        ys = [c.error for c in candidates]
-        colours = ["tab:blue" if c.pareto else "lightgray" for c in candidates]
-        ax.scatter(xs, ys, c=colours, s=18, label="candidates (blue: Pareto front)")
+    for ax, (attr, label, scale) in zip(axes, [("params", "parameters (M)", 1e6), speed_axis], strict=True):
+        ax.scatter([getattr(c, attr) / scale for c in candidates], [c.error for c in candidates], s=18,
+                   c=["tab:blue" if c.pareto else "lightgray" for c in candidates],
+                   label="candidates (blue: Pareto front)")
         ax.scatter([getattr(chosen, attr) / scale], [chosen.error], marker="*", s=220, c="tab:red",
                    label=f"W-optimal {','.join(map(str, chosen.arch))}")
         if constrained is not None and constrained is not chosen:

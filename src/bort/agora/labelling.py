@@ -51,8 +51,6 @@ class Labeller:
 
     def label(self, examples: list[Example]) -> list[Any]:
         """Task labels (class names, scores or choice indices) of the examples."""
-        if not examples:
-            return []
         preds = decide(self.task, predict(self.model, self.tokenizer, self.task, examples, self.max_seq_len,
                                           self.batch_size))
         if self.task.kind == "classification":

@@ -81,8 +81,7 @@ def mistakes(task: Task, examples: list[Example], predictions: Any, tolerance: f
 def neighbours(example: Example, transform, similarity: Similarity, n: int, band: tuple[float, float],
                rng: random.Random, oversample: int = 4) -> list[tuple[Example, str, float]]:
     """Up to n new points near `example`: one segment transformed, similarity to that segment inside the band."""
-    segments = ["text"] + (["pair"] if example.pair else [])
-    segment = rng.choice(segments)
+    segment = rng.choice(["text", "pair"] if example.pair else ["text"])
     original = getattr(example, segment)
     candidates = list(dict.fromkeys(c for c in transform(original, n * oversample, rng) if c and c != original))
     kept = []
@@ -107,12 +106,8 @@ class AgoraRun:
         self.tolerance = 0.1 * (max(labels) - min(labels)) if task.kind == "regression" else 0.0
 
     def generated(self, upto: int) -> list[dict[str, Any]]:
-        rows = []
-        for r in range(upto):
-            path = self.folder / f"round-{r}" / "generated.jsonl"
-            if path.is_file():
-                rows += io.read_jsonl(path)
-        return rows
+        paths = (self.folder / f"round-{r}" / "generated.jsonl" for r in range(upto))
+        return [row for path in paths if path.is_file() for row in io.read_jsonl(path)]
 
     def run(self) -> dict[str, Any]:
         """All rounds; returns the state with the best round and set."""
@@ -155,11 +150,10 @@ class AgoraRun:
             self.generate(r, wrong, gen_path)
         io.barrier()  # the other processes read what rank 0 wrote
         made = self.generated(r + 1)[len(extra):] if r < self.rounds - 1 else []
-        ranked = sorted(alive, key=lambda k: (-scores[k], k))
-        kept = ranked[:max(1, math.ceil(len(alive) * (1 - self.prune)))]
+        kept = sorted(alive, key=lambda k: (-scores[k], k))[:max(1, math.ceil(len(alive) * (1 - self.prune)))]
         summary = {"round": r, "n_train": len(grown), "n_generated_before": len(extra),
-                   "scores": {str(k): scores[k] for k in alive}, "theta": {str(k): asdict(self.configs[k])
-                                                                           for k in alive},
+                   "scores": {str(k): scores[k] for k in alive},
+                   "theta": {str(k): asdict(self.configs[k]) for k in alive},
                    "best_set": best, "best_score": scores[best], "steps": steps[best], "mistakes": len(wrong),
                    "generated": len(made), "labeller_agrees_with_source": _agreement(made), "kept": kept,
                    "dropped": [k for k in alive if k not in kept]}
@@ -189,9 +183,7 @@ class AgoraRun:
 
 def _agreement(rows: list[dict[str, Any]]) -> float | None:
     """Share of generated points the labeller gave their source point's label (how far the band reaches)."""
-    if not rows:
-        return None
-    return round(sum(r["example"]["label"] == r["source"]["label"] for r in rows) / len(rows), 4)
+    return round(sum(r["example"]["label"] == r["source"]["label"] for r in rows) / len(rows), 4) if rows else None
 
 
 def _labeller(config: AgoraConfig, task: Task, data: TaskData, out: Path) -> tuple[str, dict[str, float] | None]:
@@ -207,13 +199,11 @@ def _labeller(config: AgoraConfig, task: Task, data: TaskData, out: Path) -> tup
 
 
 def agora(config: AgoraConfig) -> dict[str, Any]:
-    """Agora fine-tuning of `config.model` on `config.task` (one run per seed); with `compare`, plain too.
-
-    Θ (`config.theta`) is a grid on top of the plain hyperparameters; `band` bounds the cosine similarity of a
-    generated segment to its source; `prune` is the share of sets dropped per round. Returns what
-    <output>/metrics.json holds: `agora` (and `plain`) per seed and mean ± std on the official dev split, the
-    labeller's official-dev scores, and each seed's rounds. The best seed's returned model is copied to <output>/.
-    """
+    """Agora fine-tuning of `config.model` on `config.task` (one run per seed); with `compare`, plain too. Θ
+    (`config.theta`) is a grid on top of the plain hyperparameters; `band` bounds the cosine similarity of a generated
+    segment to its source; `prune` is the share of sets dropped per round. Returns what <output>/metrics.json holds:
+    `agora` (and `plain`) per seed and mean ± std on the official dev split, the labeller's official-dev scores, and
+    each seed's rounds. The best seed's returned model is copied to <output>/."""
     source = str(config.model) if config.model else io.default_source()
     spec = resolve_task(config.task, **config.task_files())
     grid = parse_theta(config.theta, config, THETA_KEYS)
@@ -226,8 +216,7 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
         Labeller(config.labeller, spec, config.max_seq_len)  # a labeller for other labels fails before any work
     inputs = (config.model, config.data_dir, config.labeller, config.labeller_from, config.infill_model,
               config.train_file, config.dev_file, config.test_file)
-    out = Path(io.broadcast(str(io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs))
-                            if io.is_main() else None))
+    out = io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs)
     labeller_dir, labeller_metrics = _labeller(config, spec, data, out)
     judge = Labeller(labeller_dir, spec, config.max_seq_len)
     tokenizer, encoder = io.load_tokenizer(source), load_encoder(source)

@@ -71,8 +71,7 @@ class NeighbourSubstitution:
         for _ in range(n):
             new = list(ids)
             for p in _pick(rng, positions, self.fraction):
-                options = self.neighbours(new[p])
-                if options:
+                if options := self.neighbours(new[p]):
                     new[p] = rng.choice(options)
             out.append(self.tokenizer.decode(new, clean_up_tokenization_spaces=True))
         return out
@@ -99,14 +98,13 @@ class MaskedInfilling:
         for row, chosen in enumerate(masks):
             batch[row, chosen] = self.tokenizer.mask_token_id
         logits = self.model(input_ids=batch.to(next(self.model.parameters()).device)).logits.float().cpu()
-        special = torch.tensor(self.tokenizer.all_special_ids)
+        special = list(self.tokenizer.all_special_ids)
         out = []
         for row, chosen in enumerate(masks):
             new = list(enc)
             for p in chosen:
                 scores = logits[row, p].clone()
-                scores[special] = float("-inf")
-                scores[enc[p]] = float("-inf")
+                scores[special + [enc[p]]] = float("-inf")  # never a special token, never the original
                 top = scores.topk(self.k)
                 weights = torch.softmax(top.values, -1).tolist()
                 new[p] = int(top.indices[rng.choices(range(self.k), weights)[0]])

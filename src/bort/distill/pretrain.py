@@ -110,9 +110,8 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     source_model = None
     if config.init == "source" and config.source is not None and str(config.source) != teacher.name:
         source_model = io.load_model(config.source)
-    output = Path(io.broadcast(str(io.prepare_output(config.output, "pretrain", config.resume, config.overwrite,
-                                                     (config.teacher, config.source, config.arch, *corpus)))
-                               if io.is_main() else None))
+    output = io.prepare_output(config.output, "pretrain", config.resume, config.overwrite,
+                               (config.teacher, config.source, config.arch, *corpus))
     if not io.is_main():
         io.barrier()  # process 0 tokenises the corpus; the others read its cache
     rows = cached_sequences(corpus, teacher.tokenizer, config.max_seq_len, config.max_sequences, config.cache_dir)

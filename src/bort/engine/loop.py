@@ -86,7 +86,7 @@ class Engine:
         self.objective, self.batches, self.config = objective, batches, config
         self.output, self.eval_batches, self.local = output, eval_batches, local
         self.fingerprint = io.strict_json(fingerprint or {})
-        self.desc, self.progress, self.acc, self.writer = desc, progress, None, None
+        self.desc, self.progress, self.acc = desc, progress, None
 
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -111,11 +111,8 @@ class Engine:
             raise BortError(f"{self.output} already holds checkpoints of a run; pass --resume to continue it")
         if not found:
             return 0
-        saved = io.read_json(found[-1] / "state.json").get("fingerprint", {})
-        differ = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
-        if differ:
-            raise BortError(f"checkpoint {found[-1]} was made with other settings ({', '.join(differ)}); resume "
-                            "with the original settings, or start again with --overwrite")
+        io.same_settings(io.read_json(found[-1] / "state.json").get("fingerprint", {}), self.fingerprint,
+                         f"checkpoint {found[-1]}")
         state = io.load_checkpoint(found[-1], self.objective, optimizer)
         scheduler.load_state_dict(state["scheduler"])
         self._scaler_state = state.get("scaler")
@@ -135,20 +132,10 @@ class Engine:
             return
         path = self.output / "metrics.jsonl"
         io.rewrite_jsonl(path, [r for r in io.read_jsonl(path) if start and r.get("step", 0) <= start])
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.output / "tensorboard"))
-        except ImportError:
-            self.writer = None
 
     def _log(self, record: dict[str, Any]) -> None:
-        if not self._main():
-            return
-        io.append_jsonl(self.output / "metrics.jsonl", record)
-        for key, value in record.items() if self.writer is not None else ():
-            if isinstance(value, float):
-                self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+        if self._main():
+            io.append_jsonl(self.output / "metrics.jsonl", record)
 
     # -- evaluation and the loop ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -252,8 +239,6 @@ class Engine:
                     on_step(done, terms_out)
         finally:
             bar.close()
-            if self.writer is not None:
-                self.writer.close()
         return TrainResult(steps=total, train=terms_out, eval=last_eval, seconds=round(time.perf_counter() - began, 2),
                            tokens_per_s=round(tokens / train_seconds, 1) if train_seconds else None)
 

@@ -8,6 +8,7 @@ only ever talks to this interface, so it works for any network with the ABnC pro
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -92,8 +93,7 @@ def parse_arch(family: Family, text: str | Iterable[int]) -> Arch:
         raise BortError(f"--arch needs {len(family.param_names)} values ({names}) for family "
                         f"'{family.name}', got {len(values)}")
     arch = tuple(values)
-    reason = family.invalid_reason(arch)
-    if reason:
+    if reason := family.invalid_reason(arch):
         raise BortError(f"architecture {names}={text} is invalid: {reason}")
     return arch
 
@@ -114,9 +114,7 @@ class Space:
                             f"unknown {sorted(unknown) or 'none'}, missing {missing or 'none'}")
         clean = {}
         for name in family.param_names:
-            vals = values[name]
-            if isinstance(vals, int | str):
-                vals = [vals]
+            vals = [values[name]] if isinstance(values[name], int | str) else values[name]
             try:
                 ints = sorted({int(v) for v in vals})
             except (TypeError, ValueError):
@@ -128,19 +126,11 @@ class Space:
 
     def points(self, family: Family) -> list[Arch]:
         """All valid points; the reasons for dropping the others are counted in `self.invalid`."""
-        self.invalid = Counter()
-        kept = []
-        for arch in itertools.product(*(self.values[n] for n in family.param_names)):
-            reason = family.invalid_reason(arch)
-            if reason:
-                self.invalid[reason] += 1
-            else:
-                kept.append(arch)
-        return kept
+        archs = list(itertools.product(*(self.values[n] for n in family.param_names)))
+        reasons = [family.invalid_reason(arch) for arch in archs]
+        self.invalid = Counter(reason for reason in reasons if reason)
+        return [arch for arch, reason in zip(archs, reasons, strict=True) if not reason]
 
     @property
     def size(self) -> int:
-        n = 1
-        for vals in self.values.values():
-            n *= len(vals)
-        return n
+        return math.prod(len(vals) for vals in self.values.values())

@@ -19,6 +19,7 @@ from bort.errors import BortError
 from bort.families.base import Arch, Cost, register_family
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
+ARCH_KEYS = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size")  # D, A, H, I
 
 # Operation counts (in FLOPs) of the elementwise work per element; matrix products count 2 per multiply-add.
 LAYERNORM_OPS = 8  # mean, variance, normalise, scale and shift
@@ -40,8 +41,7 @@ class BertFamily:
         self.source_config = config
 
     def maximum(self) -> Arch:
-        c = self.source_config
-        return (c.num_hidden_layers, c.num_attention_heads, c.hidden_size, c.intermediate_size)
+        return tuple(getattr(self.source_config, key) for key in ARCH_KEYS)
 
     def default_space(self) -> dict[str, list[int]]:
         """Fractions of the source: depth 1/3..2/3, heads 1/2 and 1, width 1/2..1, feed-forward 1/8..1/2."""
@@ -55,20 +55,14 @@ class BertFamily:
     def invalid_reason(self, arch: Arch) -> str | None:
         if len(arch) != 4:
             return "needs 4 values D,A,H,I"
-        D, A, H, I = arch
         if min(arch) < 1:
             return "values must be positive"
-        if H % A:
-            return "H not divisible by A"
-        return None
+        return "H not divisible by A" if arch[2] % arch[1] else None
 
     def config(self, arch: Arch) -> PretrainedConfig:
         """The source config with <D, A, H, I> replaced: a stock config for `save_pretrained`."""
-        D, A, H, I = arch
         config = self.source_config.__class__.from_dict(self.source_config.to_dict())
-        config.num_hidden_layers, config.num_attention_heads = D, A
-        config.hidden_size, config.intermediate_size = H, I
-        config.architectures = None
+        config.update({**dict(zip(ARCH_KEYS, arch, strict=True)), "architectures": None})
         return config
 
     def build(self, arch: Arch) -> torch.nn.Module:
@@ -78,10 +72,8 @@ class BertFamily:
         self.config(arch).save_pretrained(folder)
 
     def fingerprint(self) -> dict[str, Any]:
-        c = self.source_config
-        keep = ("model_type", "vocab_size", "max_position_embeddings", "type_vocab_size", "num_hidden_layers",
-                "num_attention_heads", "hidden_size", "intermediate_size", "hidden_act")
-        return {k: getattr(c, k, None) for k in keep}
+        keep = ("model_type", "vocab_size", "max_position_embeddings", "type_vocab_size", *ARCH_KEYS, "hidden_act")
+        return {k: getattr(self.source_config, k, None) for k in keep}
 
     def cost(self, arch: Arch, batch_size: int = 1, seq_len: int = 128) -> Cost:
         D, A, H, I = arch
@@ -91,8 +83,7 @@ class BertFamily:
         feed_forward = H * I + I + I * H + H + 2 * H
         pooler = H * H + H
         params = embeddings + D * (attention + feed_forward) + pooler
-        return Cost(params=params, effective_params=params - embeddings,
-                    ops=self._ops(arch, batch_size, seq_len))
+        return Cost(params=params, effective_params=params - embeddings, ops=self._ops(arch, batch_size, seq_len))
 
     def matmul_ops(self, arch: Arch, batch_size: int, seq_len: int) -> int:
         """FLOPs of the matrix products alone (2 per multiply-add): what a FLOP counter sees."""

@@ -49,9 +49,7 @@ class MLPFamily:
             return "needs 5 values D,a,b,c,d"
         if min(arch) < 1:
             return "values must be positive"
-        if arch[1] != arch[3]:
-            return "a must equal c"
-        return None
+        return "a must equal c" if arch[1] != arch[3] else None
 
     def cost(self, arch: Arch, batch_size: int = 1, seq_len: int = 1) -> Cost:
         D, a, b, c, d = arch

@@ -58,16 +58,11 @@ def load_space(family: Family, space: str | dict | os.PathLike | None) -> Space:
     elif str(space) in BUILTIN_SPACES:
         values = BUILTIN_SPACES[str(space)]
     else:
-        import yaml
-
         path = Path(space)
         if not path.is_file():
             known = ", ".join(["default", *BUILTIN_SPACES])
             raise BortError(f"--space '{space}' is neither a built-in space ({known}) nor an existing JSON/YAML file")
-        try:
-            values = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise BortError(f"--space file {path} is not valid JSON/YAML: {str(exc).splitlines()[0]}") from None
+        values = io.read_yaml(path, "--space")
         if not isinstance(values, dict):
             raise BortError(f"--space file {path} must map each parameter name to a list of values")
     result = Space.of(family, values)
@@ -97,8 +92,7 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
               for point in parse_theta(config.theta, config, THETA_KEYS)]
     rank, world = io.process()
     inputs = (config.source, config.teacher, config.space, *config.corpus)
-    out = Path(io.broadcast(str(io.prepare_output(config.output, "extract", config.resume, config.overwrite, inputs))
-                            if rank == 0 else None))
+    out = io.prepare_output(config.output, "extract", config.resume, config.overwrite, inputs)
     started = time.perf_counter()
     if surrogate is None:
         surrogate = default_surrogate(fam, config)

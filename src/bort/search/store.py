@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from bort import io
-from bort.errors import BortError
 
 Key = tuple[tuple[int, ...], int, int]  # (arch, theta index, steps)
 
@@ -48,14 +47,8 @@ class ResultsStore:
         """Start a new run (in a folder `io.prepare_output` made empty) or re-open an old one; refuse to mix two
         different runs in one folder."""
         run_file = self.folder / "run.json"
-        settings = io.strict_json(settings)
         if resume and run_file.exists():
-            previous = io.read_json(run_file)
-            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            if changed:
-                raise BortError(f"cannot resume {self.folder}: settings differ from the stored run "
-                                f"({', '.join(changed)}); use the same flags, or --overwrite to start again")
-            return
+            return io.same_settings(io.read_json(run_file), settings, f"the search in {self.folder}")
         if self.rank == 0:
             io.write_json(run_file, settings)
 

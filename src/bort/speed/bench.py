@@ -28,7 +28,7 @@ import torch
 from bort import io
 from bort.config import BenchConfig
 from bort.errors import BortError
-from bort.speed.latency import busy_warning, hardware_id, time_call
+from bort.speed.latency import busy_warning, hardware_id, time_call, torch_threads
 from bort.speed.models import SpeedModel, example_inputs, input_names, resolve
 
 GEMM_SIZES = (512, 1024, 2048)
@@ -46,17 +46,9 @@ def _best_gflops(fn: Callable[[], object], flops: float, repeats: int) -> float:
 
 def torch_gemm_peak(threads: int, sizes: Iterable[int] = GEMM_SIZES, repeats: int = 5) -> float:
     """Best median GFLOP/s of fp32 square matrix products in PyTorch over a few sizes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        best = 0.0
-        for n in sizes:
-            a, b = torch.randn(n, n), torch.randn(n, n)
-            with torch.inference_mode():
-                best = max(best, _best_gflops(lambda a=a, b=b: a @ b, 2 * n**3, repeats))
-        return best
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(threads), torch.inference_mode():
+        pairs = [(torch.randn(n, n), torch.randn(n, n)) for n in sizes]
+        return max((_best_gflops(lambda a=a, b=b: a @ b, 2 * len(a) ** 3, repeats) for a, b in pairs), default=0.0)
 
 
 def ort_gemm_peak(threads: int, sizes: Iterable[int] = GEMM_SIZES, repeats: int = 5) -> float:
@@ -69,10 +61,8 @@ def ort_gemm_peak(threads: int, sizes: Iterable[int] = GEMM_SIZES, repeats: int 
     best = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            graph = helper.make_graph(
-                [helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
-                [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"],
-                [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+            values = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "abc"]
+            graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", values[:2], values[2:])
             path = Path(tmp) / f"gemm{n}.onnx"
             onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
             session = ort_session(path, threads, spinning=False)
@@ -98,8 +88,7 @@ def _engine(model: SpeedModel, runtime: str, threads: int, onnx_dir: Path,
     if runtime in ("torch", "compile"):
         if model.label not in modules:
             modules[model.label] = model.build()
-        module = modules[model.label]
-        return module if runtime == "torch" else torch.compile(module, dynamic=False)
+        return modules[model.label] if runtime == "torch" else torch.compile(modules[model.label], dynamic=False)
     from bort.speed.export import cached_export, ort_session
 
     path = cached_export(model, onnx_dir, int8=runtime.endswith("-int8"), fuse="unfused" not in runtime)
@@ -126,35 +115,26 @@ class BenchResult:
 
 def bench(config: BenchConfig, json_path: str | os.PathLike | None = None, progress: bool = True) -> BenchResult:
     """Time every model x runtime x shape, interleaved; `json_path` gets the records as a JSON list.
-
-    `config.max_seconds` caps the timed time of one cell at one shape (at least 3 runs are kept), so a
-    benchmark with BERT-large at batch 32 x 512 still finishes. Outputs are checked before any timing.
-    """
+    `config.max_seconds` caps the timed time of one cell at one shape (at least 3 runs are kept), so a benchmark with
+    BERT-large at batch 32 x 512 still finishes. Outputs are checked before any timing."""
     if not config.models:
         raise BortError("name at least one model (a folder, config.json, hub name or preset)")
     if any(r.startswith("onnx") for r in config.runtimes):
         from bort.speed.export import require_onnx
 
         require_onnx()
-    for path in (json_path, config.plot):
-        if path:
-            io.check_writable(Path(path).expanduser().resolve().parent)
+    for path in filter(None, (json_path, config.plot)):
+        io.check_writable(Path(path).expanduser().resolve().parent)
     warmup = max(config.warmup_runs, 1) if "compile" in config.runtimes else config.warmup_runs
     specs = [resolve(m) for m in config.models]
     labels = [s.label for s in specs]
-    for spec, count in ((s, labels.count(s.label)) for s in specs):
-        if count > 1:
-            raise BortError(f"two models are labelled '{spec.label}'; name them with LABEL=SOURCE")
+    if repeated := [label for label in labels if labels.count(label) > 1]:
+        raise BortError(f"two models are labelled '{repeated[0]}'; name them with LABEL=SOURCE")
     for spec in specs:
         example_inputs(spec, 1, max(config.seq_lens))  # a one-line error before any slow work
     threads = config.threads or torch.get_num_threads()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with tempfile.TemporaryDirectory(prefix="bort-bench-") as tmp:
-            records = _run(specs, config, threads, warmup, Path(tmp), progress)
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="bort-bench-") as tmp:
+        records = _run(specs, config, threads, warmup, Path(tmp), progress)
     if json_path:
         io.write_json(json_path, records)
     if config.plot:
@@ -256,14 +236,11 @@ def _records(timed: dict[tuple[int, int], list[_Cell]], threads: int,
                 "gemm_peak_gflops": {k: round(v, 1) for k, v in peaks.items()}, "runs": len(cell.times)}
             if cell.times:
                 median = medians[(cell.model.label, cell.runtime)]
-                p90 = float(np.percentile(cell.times, 90))
                 gflops = _gflops(cost.ops, median)
-                same = medians.get((first.label, cell.runtime))
-                eager = medians.get((first.label, "torch"))
-                record.update(median_ms=round(median, 3), p90_ms=round(p90, 3),
+                same, eager = medians.get((first.label, cell.runtime)), medians.get((first.label, "torch"))
+                record.update(median_ms=round(median, 3), p90_ms=round(float(np.percentile(cell.times, 90)), 3),
                               seq_per_s=round(batch_size / (median / 1000), 2), gflops=round(gflops, 1),
-                              peak_fraction=round(gflops / peak, 4),
-                              speedup=round(same / median, 3) if same else None,
+                              peak_fraction=round(gflops / peak, 4), speedup=round(same / median, 3) if same else None,
                               speedup_vs_first_torch=round(eager / median, 3) if eager else None)
             else:
                 record.update(median_ms=None, p90_ms=None, seq_per_s=None, gflops=None, peak_fraction=None,
@@ -284,25 +261,21 @@ def format_table(records: list[dict[str, Any]]) -> str:
         return "(no records)"
     head = records[0]
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in head["gemm_peak_gflops"].items())
-    first = records[0]["model"]
     lines = [f"hardware: {head['hardware']} | {head['threads']} threads",
              f"measured fp32 GEMM peak (GFLOP/s): {peaks}; peak used: {head['peak_gflops']:.0f}",
-             f"speedup: vs {first} in the same runtime; vs eager: vs {first} in PyTorch eager"]
-    warning = busy_warning((head.get("load_average") or [None])[0], head["threads"])
-    if warning:
+             f"speedup: vs {head['model']} in the same runtime; vs eager: vs {head['model']} in PyTorch eager"]
+    if warning := busy_warning((head.get("load_average") or [None])[0], head["threads"]):
         lines.append(f"WARNING: when the run started, {warning}")
     lines.append("")
     columns = ("model", "runtime", "batch", "seq", "median ms", "p90 ms", "seq/s", "params M", "eff M",
                "GFLOP", "GFLOP/s", "% peak", "speedup", "vs eager")
-    rows = []
-    for r in records:
-        rows.append((r["model"], r["runtime"], str(r["batch_size"]), str(r["seq_len"]),
-                     _fmt(r["median_ms"], ".2f"), _fmt(r["p90_ms"], ".2f"), _fmt(r["seq_per_s"], ".1f"),
-                     f"{r['params'] / 1e6:.1f}",
-                     f"{r['effective_params'] / 1e6:.1f}", f"{r['ops'] / 1e9:.2f}", _fmt(r["gflops"], ".1f"),
-                     _fmt(None if r["peak_fraction"] is None else 100 * r["peak_fraction"], ".1f"),
-                     _fmt(r["speedup"], ".2f") + ("x" if r["speedup"] else ""),
-                     _fmt(r["speedup_vs_first_torch"], ".2f") + ("x" if r["speedup_vs_first_torch"] else "")))
+    rows = [(r["model"], r["runtime"], str(r["batch_size"]), str(r["seq_len"]),
+             _fmt(r["median_ms"], ".2f"), _fmt(r["p90_ms"], ".2f"), _fmt(r["seq_per_s"], ".1f"),
+             f"{r['params'] / 1e6:.1f}", f"{r['effective_params'] / 1e6:.1f}", f"{r['ops'] / 1e9:.2f}",
+             _fmt(r["gflops"], ".1f"), _fmt(None if r["peak_fraction"] is None else 100 * r["peak_fraction"], ".1f"),
+             _fmt(r["speedup"], ".2f") + ("x" if r["speedup"] else ""),
+             _fmt(r["speedup_vs_first_torch"], ".2f") + ("x" if r["speedup_vs_first_torch"] else ""))
+            for r in records]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
     align = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)  # noqa: E731
                                     for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
@@ -327,8 +300,7 @@ def plot(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
         for j, runtime in enumerate(runtimes):
             ms = {r["model"]: r["median_ms"] or 0 for r in records
                   if (r["runtime"], r["batch_size"], r["seq_len"]) == (runtime, b, s)}
-            values = [ms.get(m, 0) for m in models]
-            ax.bar(np.arange(len(models)) + j * width, values, width, label=runtime)
+            ax.bar(np.arange(len(models)) + j * width, [ms.get(m, 0) for m in models], width, label=runtime)
         ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models, rotation=30, ha="right")
         ax.set_yscale("log")
         ax.set_title(f"batch {b}, seq {s}")

@@ -47,11 +47,8 @@ def require_onnx() -> None:
 
 
 def ort_session(path: str | os.PathLike, threads: int | None = None, spinning: bool = True):
-    """An onnxruntime CPU session with all graph optimisations and a fixed thread count.
-
-    `spinning=False` stops idle worker threads from busy-waiting after a run: needed when runs of
-    other models or runtimes are interleaved with this one, which the spinning would slow down.
-    """
+    """An onnxruntime CPU session with all graph optimisations and a fixed thread count; `spinning=False` stops
+    idle worker threads busy-waiting after a run, which would slow down runs of other models interleaved with it."""
     require_onnx()
     import onnxruntime as ort
 
@@ -60,8 +57,7 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, spinning: b
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
@@ -104,10 +100,8 @@ def output_names(module: torch.nn.Module) -> list[str]:
 
 def export_module(module: torch.nn.Module, model: SpeedModel, path: Path, opset: int = 18,
                   fuse: bool = True) -> dict[str, int]:
-    """Write `module` (eval mode) as ONNX with dynamic batch and sequence axes at `path`.
-
-    Returns the fused operators and their counts (empty when the graph was not fused).
-    """
+    """Write `module` (eval mode) as ONNX with dynamic batch and sequence axes at `path`; returns the fused
+    operators and their counts (empty when the graph was not fused)."""
     require_onnx()
     names = input_names(model.config)
     wrapper = _TupleOutputs(module, names, output_names(module)).eval()
@@ -127,17 +121,14 @@ def export_module(module: torch.nn.Module, model: SpeedModel, path: Path, opset:
     except Exception as exc:  # the exporters raise many types; one line is what the user can act on
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         hint = "; try fuse=False (bort export --no-fuse)" if fusable else ""
-        raise BortError(f"ONNX export of '{model.label}' failed ({type(exc).__name__}: {first[:200]}){hint}"
-                        ) from exc
+        raise BortError(f"ONNX export of '{model.label}' failed ({type(exc).__name__}: {first[:200]}){hint}") from exc
     return {}
 
 
 def _export_fused(wrapper: _TupleOutputs, model: SpeedModel, sample: dict[str, torch.Tensor], path: Path,
                   opset: int, large: bool) -> dict[str, int]:
-    """TorchScript export, then onnxruntime's BERT fusions; the unfused graph is not kept.
-
-    The attention is traced in its eager form: the fusion matches that pattern, not the SDPA one.
-    """
+    """TorchScript export, then onnxruntime's BERT fusions; the unfused graph is not kept. The attention is
+    traced in its eager form: the fusion matches that pattern, not the SDPA one."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     raw = path.with_name(path.stem + ".unfused.onnx")
@@ -163,10 +154,8 @@ def _export_fused(wrapper: _TupleOutputs, model: SpeedModel, sample: dict[str, t
 
 def quantize_int8(fp32_path: Path, int8_path: Path, per_channel: bool = True) -> Path:
     """Dynamic int8 quantization of the weights of MatMul/Gemm/Attention nodes (activations quantized at run time).
-
-    Weights get one scale per output channel by default: on a fine-tuned MiniLM (SST-2 dev), one scale per
-    tensor cost 2.1 accuracy points, one per channel nothing, for 0-8% more time (benchmarks/bench_int8.py).
-    """
+    Weights get one scale per output channel by default: on a fine-tuned MiniLM (SST-2 dev), one scale per tensor cost
+    2.1 accuracy points, one per channel nothing, for 0-8% more time (benchmarks/bench_int8.py)."""
     require_onnx()
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -184,17 +173,15 @@ def compare(module: torch.nn.Module, session, model: SpeedModel, batch_size: int
     names, outs = input_names(model.config), output_names(module)
     seq_len = min(seq_len, model.family.max_seq_len)
     result: dict[str, Any] = {"shape": [batch_size, seq_len]}
-    for padded in (False, True):
-        inputs = example_inputs(model, batch_size, seq_len, padded=padded, seed=1)
+    for key in ("unpadded", "padded"):
+        inputs = example_inputs(model, batch_size, seq_len, padded=key == "padded", seed=1)
         with torch.inference_mode():
             reference = module(**inputs)
         got = session.run(outs, {n: inputs[n].numpy() for n in names})
-        diffs = [float(np.abs(g - reference[o].numpy()).max()) for o, g in zip(outs, got, strict=True)]
-        key = "padded" if padded else "unpadded"
-        result[key] = max(diffs)
+        result[key] = max(float(np.abs(g - reference[o].numpy()).max()) for o, g in zip(outs, got, strict=True))
         if outs == ["logits"]:
-            agree = (got[0].argmax(-1) == reference["logits"].numpy().argmax(-1)).mean()
-            result[f"{key}_argmax_agreement"] = float(agree)
+            agree = got[0].argmax(-1) == reference["logits"].numpy().argmax(-1)
+            result[f"{key}_argmax_agreement"] = float(agree.mean())
         else:
             a, b = got[0].reshape(-1), reference[outs[0]].numpy().reshape(-1)
             result[f"{key}_cosine"] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
@@ -204,13 +191,11 @@ def compare(module: torch.nn.Module, session, model: SpeedModel, batch_size: int
 
 def _save_tokenizer(model: SpeedModel, output: Path) -> str | None:
     source = model.tokenizer_source()
-    if source is None:
-        return None
-    try:
-        io.load_tokenizer(source).save_pretrained(str(output))
-    except BortError:
-        return None
-    return source
+    with contextlib.suppress(BortError):
+        if source is not None:
+            io.load_tokenizer(source).save_pretrained(str(output))
+            return source
+    return None
 
 
 # Text columns of GLUE/SuperGLUE-style files, most specific first; the label column is `label`.
@@ -233,10 +218,8 @@ def read_labelled(path: str | os.PathLike) -> tuple[list[tuple[str, ...]], list[
 
 def dev_accuracy(module: torch.nn.Module, sessions: dict[str, Any], model: SpeedModel, tokenizer: Any,
                  dev_file: str | os.PathLike, batch_size: int = 32, max_len: int = 128) -> dict[str, Any]:
-    """Accuracy of the PyTorch classifier and of each ONNX session on a labelled dev file.
-
-    This is what decides whether int8 is acceptable: output differences alone do not say it.
-    """
+    """Accuracy of the PyTorch classifier and of each ONNX session on a labelled dev file. This is what decides whether
+    int8 is acceptable: output differences alone do not say it."""
     texts, labels = read_labelled(dev_file)
     label2id = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
     try:
@@ -253,8 +236,7 @@ def dev_accuracy(module: torch.nn.Module, sessions: dict[str, Any], model: Speed
         with torch.inference_mode():
             predictions["torch"].append(module(**batch)["logits"].argmax(-1).numpy())
         for key, session in sessions.items():
-            predictions[key].append(session.run(["logits"], {n: t.numpy() for n, t in batch.items()})[0]
-                                    .argmax(-1))
+            predictions[key].append(session.run(["logits"], {n: t.numpy() for n, t in batch.items()})[0].argmax(-1))
     accuracy = {k: float((np.concatenate(v) == gold).mean()) for k, v in predictions.items()}
     out: dict[str, Any] = {"file": str(dev_file), "examples": len(texts), "accuracy": accuracy}
     if "onnx_int8" in accuracy:
@@ -264,12 +246,9 @@ def dev_accuracy(module: torch.nn.Module, sessions: dict[str, Any], model: Speed
 
 def export(config: ExportConfig) -> dict[str, Any]:
     """Export `config.model` to `config.output` (model.onnx, optional model_int8.onnx, tokenizer, config) and check it.
-
-    Returns a report with the files written and the max abs difference vs PyTorch on padded and unpadded
-    inputs; fp32 beyond `tolerance` (or NaN) is an error, int8 differences are reported (judge them by task
-    accuracy: give a fine-tuned classifier and `dev_file`). `fuse=False` keeps the dynamo exporter's unfused
-    graph for BERT models too.
-    """
+    Returns a report with the files written and the max abs difference vs PyTorch on padded and unpadded inputs; fp32
+    beyond `tolerance` (or NaN) is an error, int8 differences are reported (judge them by task accuracy: give a
+    fine-tuned classifier and `dev_file`). `fuse=False` keeps the dynamo exporter's unfused graph, for BERT too."""
     require_onnx()
     spec = resolve(config.model)
     if config.dev_file is not None and not spec.classifier:

@@ -7,6 +7,7 @@ timed runs. The cache lives in $BORT_CACHE (default ~/.cache/bort) so a search r
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -24,13 +25,9 @@ from bort.families.base import Arch, Family
 def hardware_id() -> str:
     """CPU model, logical cores and torch build: what a latency figure is only valid for."""
     cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
     return f"{cpu} | {os.cpu_count()} cpus | torch {torch.__version__}"
 
 
@@ -46,18 +43,23 @@ def time_call(fn: Callable[[], object], repeats: int = 10, warmup: int = 3) -> l
     return times
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """`threads` PyTorch threads inside the block (the current count when None), the previous count after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def measure_model(model: torch.nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 10, warmup: int = 3,
                   threads: int | None = None) -> float:
     """Median latency in ms of one forward pass of `model` on `inputs` (eager PyTorch, inference mode)."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
     model.eval()
-    try:
-        with torch.inference_mode():
-            return statistics.median(time_call(lambda: model(**inputs), repeats, warmup))
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(threads), torch.inference_mode():
+        return statistics.median(time_call(lambda: model(**inputs), repeats, warmup))
 
 
 @contextlib.contextmanager
@@ -91,14 +93,11 @@ def busy_warning(others: float | None, threads: int) -> str | None:
 def cpu_latency(model: torch.nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 10) -> dict[str, object]:
     """The median CPU latency of a model on `inputs`, for metrics and model cards, with a warning when the
     machine was busy (a figure measured beside other jobs can be 50x off)."""
-    import copy
-
     threads = torch.get_num_threads()
     with others_load() as load:
         ms = measure_model(copy.deepcopy(model).cpu().float(), inputs, repeats=repeats, warmup=3)
     out: dict[str, object] = {"cpu_latency_ms": round(ms, 3), "latency_threads": threads}
-    warning = busy_warning(load[0] if load else None, threads)
-    if warning:
+    if warning := busy_warning(load[0] if load else None, threads):
         out["latency_warning"] = warning
     return out
 
@@ -122,11 +121,7 @@ class LatencyCache:
                f"{','.join(map(str, arch))} | b{batch_size} s{seq_len}")
         if key not in self.entries:
             torch.manual_seed(0)
-            model = family.build(arch)
-            self.entries[key] = measure_model(model, family.example_input(arch, batch_size, seq_len), repeats,
-                                              threads=threads)
-            self._save()
+            self.entries[key] = measure_model(family.build(arch), family.example_input(arch, batch_size, seq_len),
+                                              repeats, threads=threads)
+            io.write_json(self.path, self.entries)
         return self.entries[key]
-
-    def _save(self) -> None:
-        io.write_json(self.path, self.entries)

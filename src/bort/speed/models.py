@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import PretrainedConfig
 
 from bort import io
@@ -43,17 +44,13 @@ class SpeedModel:
             a.endswith(CLASSIFIER_SUFFIX) for a in (self.config.architectures or []))
 
     def build(self, head: bool = False) -> torch.nn.Module:
-        """The model in eval mode: pretrained weights when known, else seeded random weights.
-
-        Each model gets its own copy of the config: transformers keeps settings such as the attention
-        implementation on the config, and a change to one model must not reach the others.
-        """
+        """The model in eval mode: pretrained weights when known, else seeded random weights. Each model gets its own
+        copy of the config: transformers keeps settings such as the attention implementation on the config, and a change
+        to one model must not reach the others."""
         kind = "classification" if head and self.classifier else "base"
         config = copy.deepcopy(self.config)
         if self.weights is not None:
             return io.load_model(self.weights, kind, config).requires_grad_(False)
-        import transformers
-
         torch.manual_seed(0)
         return getattr(transformers, io.MODEL_CLASSES[kind]).from_config(config).eval().requires_grad_(False)
 
@@ -73,16 +70,13 @@ def _label(source: str) -> str:
     path = Path(source)
     if source in io.PRESETS or not path.exists():
         return source
-    path = path.resolve()
-    if path.is_file():
-        path = path.parent
+    path = path.resolve().parent if path.is_file() else path.resolve()
     return path.parent.name if path.name == "model" else path.name
 
 
 def resolve(spec: str | os.PathLike) -> SpeedModel:
     """'LABEL=SOURCE' or 'SOURCE' -> SpeedModel; a one-line BortError for anything unusable."""
-    spec = str(spec)
-    label = None
+    spec, label = str(spec), None
     head, sep, tail = spec.partition("=")
     if sep and head and "/" not in head and not Path(spec).exists():
         label, spec = head, tail
@@ -99,10 +93,7 @@ def resolve(spec: str | os.PathLike) -> SpeedModel:
 
 def input_names(config: PretrainedConfig) -> list[str]:
     """Model inputs in order; token_type_ids only where the model has more than one segment type."""
-    names = ["input_ids", "attention_mask"]
-    if getattr(config, "type_vocab_size", 1) > 1:
-        names.append("token_type_ids")
-    return names
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if getattr(config, "type_vocab_size", 1) > 1 else [])
 
 
 def example_inputs(model: SpeedModel, batch_size: int, seq_len: int, padded: bool = False,
@@ -119,7 +110,5 @@ def example_inputs(model: SpeedModel, batch_size: int, seq_len: int, padded: boo
             length = max(1, seq_len - (row * seq_len) // max(batch_size, 2))
             mask[row, length:] = 0
             ids[row, length:] = model.config.pad_token_id or 0
-    out = {"input_ids": ids, "attention_mask": mask}
-    if "token_type_ids" in input_names(model.config):
-        out["token_type_ids"] = torch.zeros_like(ids)
-    return out
+    tensors = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return {name: tensors[name] for name in input_names(model.config)}

@@ -7,9 +7,12 @@ The batch order is a function of (seed, epoch), so a run resumed from a checkpoi
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import random
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -115,11 +118,9 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, task: Task, examples: list[
 
 def train(source: str | os.PathLike, task: Task, examples: list[Example], config: FinetuneConfig,
           folder: str | os.PathLike, resume: bool = False, tokenizer: Any = None) -> tuple[torch.nn.Module, int]:
-    """Fine-tune `source` on `examples`; save a stock folder in `folder`. Returns (model, optimizer steps).
-
-    A folder holding a finished run with the same settings is loaded, not retrained (other settings are an
-    error); with `resume`, a checkpoint left by a crash is continued.
-    """
+    """Fine-tune `source` on `examples`; save a stock folder in `folder`. Returns (model, optimizer steps). A folder
+    holding a finished run with the same settings is loaded, not retrained (other settings are an error); with `resume`,
+    a checkpoint left by a crash is continued."""
     if not examples:
         raise BortError(f"task {task.name}: the train set is empty")
     folder = Path(folder)
@@ -132,11 +133,7 @@ def train(source: str | os.PathLike, task: Task, examples: list[Example], config
                                   "n_train": len(examples), "world": world})
     if (folder / DONE).is_file():
         saved = io.read_json(folder / DONE)
-        differ = sorted(k for k in set(fingerprint) | set(saved.get("fingerprint", {}))
-                        if fingerprint.get(k) != saved.get("fingerprint", {}).get(k))
-        if differ:
-            raise BortError(f"{folder} holds a finished run with other settings ({', '.join(differ)}); use the "
-                            "original settings, or --overwrite to start again")
+        io.same_settings(saved.get("fingerprint", {}), fingerprint, f"the finished run in {folder}")
         return load_task_model(folder, task), saved["steps"]
     torch.manual_seed(config.seed)
     model = load_task_model(source, task)
@@ -147,8 +144,6 @@ def train(source: str | os.PathLike, task: Task, examples: list[Example], config
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         io.write_json(folder / DONE, {"steps": steps, "n_train": len(examples), "fingerprint": fingerprint})
-        import shutil
-
         shutil.rmtree(engine.checkpoint_dir, ignore_errors=True)
     io.barrier()
     return model.eval(), steps
@@ -189,12 +184,9 @@ def load_data(task: Task, data_dir: str | os.PathLike | None, max_train_samples:
         if not rows or any(e.label is None for e in rows):
             raise BortError(f"task {task.name}: the {split} split is empty or has unlabelled rows")
     tests = {}
-    if test:
-        for split in task.test_splits:
-            try:
-                tests[split] = task.load(split, data_dir)
-            except BortError:
-                continue  # test files are optional: no submission without them
+    for split in task.test_splits if test else ():
+        with contextlib.suppress(BortError):  # test files are optional: no submission without them
+            tests[split] = task.load(split, data_dir)
     return TaskData(task, train, dev, tests)
 
 
@@ -202,8 +194,6 @@ def load_data(task: Task, data_dir: str | os.PathLike | None, max_train_samples:
 def write_submission(task: Task, split: str, examples: list[Example], predictions: np.ndarray,
                      folder: Path) -> Path:
     """Test predictions in the leaderboard's format: GLUE `index\\tprediction` tsv, SuperGLUE jsonl."""
-    import json
-
     path = folder / task.test_splits[split]
     labels = [_submitted(task, p) for p in predictions]
     if path.suffix == ".tsv":
@@ -296,17 +286,14 @@ def latency_of(model: torch.nn.Module, tokenizer: Any, task: Task, seq_len: int 
 
 
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
-    """Fine-tune `config.model` on `config.task` once per seed; official-dev metrics per seed and mean ± std.
-
-    Writes `<output>/plain/seed-<s>/` (a stock model folder with card, metrics, dev predictions and test
-    submission files), the best seed's model at `<output>/`, and `<output>/metrics.json`.
-    """
+    """Fine-tune `config.model` on `config.task` once per seed; official-dev metrics per seed and mean ± std. Writes
+    `<output>/plain/seed-<s>/` (a stock model folder with card, metrics, dev predictions and test submission files), the
+    best seed's model at `<output>/`, and `<output>/metrics.json`."""
     source = str(config.model) if config.model else io.default_source()
     spec = resolve_task(config.task, **config.task_files())
     data = load_data(spec, config.data_dir, config.max_train_samples)
     inputs = (config.model, config.data_dir, config.train_file, config.dev_file, config.test_file)
-    out = Path(io.broadcast(str(io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs))
-                            if io.is_main() else None))
+    out = io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs)
     tokenizer = io.load_tokenizer(source)
     runs, folders, first = {}, {}, None
     for seed in config.seeds:

@@ -16,8 +16,7 @@ SPLITS = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
 def glue_task(name: str, kind: str, metrics: tuple[str, ...], text: str, pair: str | None, hub_config: str,
               hub_text: str, hub_pair: str | None, labels: tuple[str, ...] = BINARY, **extra) -> Task:
     """A GLUE task whose files sit in glue/<name> and whose test submission is <name>.tsv."""
-    options = dict(files=dict(SPLITS), index_column="index", test_splits={"test": f"{name}.tsv"})
-    options.update(extra)
+    options = dict(files=dict(SPLITS), index_column="index", test_splits={"test": f"{name}.tsv"}) | extra
     return register_task(Task(name=name, benchmark="glue", kind=kind, metrics=metrics, labels=labels,
                               folder=f"glue/{name}", parse=columns(text, pair), hub=("glue", hub_config),
                               hub_parse=columns(hub_text, hub_pair), **options))

@@ -15,7 +15,6 @@ from sklearn import metrics as skm
 
 
 def accuracy(predictions: Sequence, labels: Sequence) -> float:
-    """Fraction of exact matches."""
     return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
 
 
@@ -42,12 +41,10 @@ def _correlation(fn: Callable, predictions: Sequence, labels: Sequence) -> float
 
 
 def pearson(predictions: Sequence, labels: Sequence) -> float:
-    """Pearson correlation of predicted and gold scores."""
     return _correlation(stats.pearsonr, predictions, labels)
 
 
 def spearman(predictions: Sequence, labels: Sequence) -> float:
-    """Spearman rank correlation of predicted and gold scores."""
     return _correlation(stats.spearmanr, predictions, labels)
 
 

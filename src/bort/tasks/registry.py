@@ -8,6 +8,7 @@ is an error, never silently mapped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,9 +45,7 @@ class Example:
 
 def canonical(value: Any) -> str:
     """File labels as strings: JSON booleans become 'true'/'false', everything else str()."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value).strip()
+    return str(value).lower() if isinstance(value, bool) else str(value).strip()
 
 
 Parser = Callable[[dict[str, Any]], tuple[str, str | None, tuple[str, ...] | None]]
@@ -106,14 +105,11 @@ class Task:
             except (TypeError, ValueError):
                 raise BortError(f"task {self.name}: label '{raw}' at {where} is not a number") from None
         if self.kind == "multiple_choice":
-            try:
-                value = int(raw)
-            except (TypeError, ValueError):
-                value = -1
-            if not 0 <= value < self.num_choices:
-                raise BortError(f"task {self.name}: label '{raw}' at {where} is not a choice index "
-                                f"0..{self.num_choices - 1}")
-            return value
+            with contextlib.suppress(TypeError, ValueError):
+                if 0 <= int(raw) < self.num_choices:
+                    return int(raw)
+            raise BortError(f"task {self.name}: label '{raw}' at {where} is not a choice index "
+                            f"0..{self.num_choices - 1}")
         value = canonical(raw)
         if value not in self.labels:
             raise BortError(f"task {self.name}: label '{raw}' at {where} is not one of the task's labels "
@@ -161,8 +157,7 @@ class Task:
         if text is None:
             raise BortError(f"task {self.name}: {where} has no text")
         label = self.label_value(row.get(self.label_column), where)
-        return Example(str(text), None if pair is None else str(pair), label, row.get(self.index_column, i),
-                       choices)
+        return Example(str(text), None if pair is None else str(pair), label, row.get(self.index_column, i), choices)
 
     def _load_hub(self, split: str) -> list[Example]:
         try:
@@ -178,8 +173,7 @@ class Task:
             raise BortError(f"task {self.name}: cannot load {name}/{config} [{hub_split}] from the hub "
                             f"({type(exc).__name__}); pass --data-dir with the official files") from None
         out = []
-        for i, row in enumerate(rows):
-            row = dict(row)
+        for i, row in enumerate(map(dict, rows)):
             if self.kind == "classification" and isinstance(row.get("label"), int) and row["label"] >= 0:
                 row[self.label_column] = self.labels[row["label"]]
             out.append(self._example(row, i, f"hub {name}/{config} {hub_split} row {i}", self.hub_parse))
@@ -215,11 +209,8 @@ def get_task(name: str | Task) -> Task:
 def list_tasks() -> list[str]:
     """The shortest unambiguous name of every registered task, GLUE first."""
     _load_builtin()
-    names = []
-    for key, task in TASKS.items():
-        if key == f"{task.benchmark}/{task.name}".lower():
-            names.append(task.name if TASKS.get(task.name.lower()) is task else f"{task.benchmark}/{task.name}")
-    return names
+    return [task.name if TASKS.get(task.name.lower()) is task else f"{task.benchmark}/{task.name}"
+            for key, task in TASKS.items() if key == f"{task.benchmark}/{task.name}".lower()]
 
 
 def _load_builtin() -> None:
