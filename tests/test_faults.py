@@ -135,3 +135,67 @@ def test_checkpoints_hold_nothing_that_loading_can_run(tmp_path, shared_data, ti
     assert sorted(p.name for p in out.rglob("*") if p.suffix in (".pt", ".bin", ".pkl")) == [
         "checkpoint.pt", "state.pt"]  # bort itself wrote no pickle
     assert json.loads((out / "metrics.json").read_text())["best_seed"] == 0
+
+
+def test_resume_never_writes_into_an_input_or_another_commands_run(tmp_path, capsys, shared_data,
+                                                                   tiny_model):  # noqa: F811
+    run_dir = tmp_path / "run"
+    args = finetune_args(tiny_model, shared_data, run_dir)
+    args[args.index("--max-steps") + 1] = "2"
+    assert main(args) == 0
+    capsys.readouterr()
+    weights = (run_dir / "model.safetensors").read_bytes()
+    text = one_line(capsys, *finetune_args(run_dir, shared_data, run_dir, "--resume"))  # its own input
+    assert "is or holds" in text and (run_dir / "model.safetensors").read_bytes() == weights
+    text = one_line(capsys, "pretrain", "--arch", "1,2,32,64", "--output", str(run_dir), "--resume")
+    assert "holds a `bort finetune` run, not a `bort pretrain` one" in text
+
+
+def test_bad_input_leaves_no_run_folder_behind(tmp_path, capsys, shared_data, tiny_model):  # noqa: F811
+    out = tmp_path / "x"
+    assert "does not exist" in one_line(capsys, "extract", "--corpus", str(tmp_path / "missing.txt"), "--output",
+                                        str(out), "--quiet")
+    text = one_line(capsys, *finetune_args(tiny_model, shared_data, out, "--max-seq-len", "512"))
+    assert "exceeds the 128 positions" in text
+    assert "--rounds only apply with --agora" in one_line(capsys, *finetune_args(tiny_model, shared_data, out,
+                                                                                 "--rounds", "2"))
+    assert not out.exists()
+
+
+def test_config_files_are_typed_like_flags(tmp_path, capsys):
+    from bort.cli import options, parser
+
+    settings = tmp_path / "s.yaml"
+    settings.write_text("corpus: a.txt\nlr: 5e-4\n")  # a scalar for a list; YAML reads 5e-4 as text
+    got = options(parser().parse_args(["pretrain", "--arch", "1,2,32,64", "--output", "o", "--config",
+                                       str(settings)]))
+    assert got.corpus == ["a.txt"] and got.lr == 5e-4
+    settings.write_text("seeds: 3\n")
+    assert options(parser().parse_args(["finetune", "--task", "rte", "--output", "o", "--config",
+                                        str(settings)])).seeds == [3]
+    for line, message in (("max_steps: null", "--max-steps needs a value"),
+                          ("batch_size: 2.5", "--batch-size must be a finite whole number"),
+                          ("mlm_weight: 0\nhidden_weight: 0", "every loss weight this teacher uses is 0")):
+        settings.write_text(line + "\n")
+        assert message in one_line(capsys, "pretrain", "--arch", "1,2,32,64", "--output", str(tmp_path / "o"),
+                                   "--config", str(settings))
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_run_resumed_at_its_end_keeps_its_figures(tmp_path, wiki_text):
+    out = tmp_path / "run"
+    common = dict(corpus=[str(wiki_text)], max_steps=3, batch_size=2, max_seq_len=16, eval_sequences=4,
+                  max_sequences=60, eval_every=3, save_every=0, measure_latency=False, progress=False)
+    first = bort.pretrain("1,2,32,64", out, **common)
+    again = bort.pretrain("1,2,32,64", out, resume=True, **common)
+    assert again.eval == first.eval and again.train == first.train and again.eval
+
+
+def test_two_processes_measure_latency_once(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master_port",
+                          str(29600 + os.getpid() % 1000), "-m", "bort.cli", "extract", "--family", "mlp",
+                          "--speed", "measured", "--steps", "8", "--theta", "lr=3e-3", "--quiet", "--output",
+                          str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads((tmp_path / "two" / "result.json").read_text())["chosen"]["latency_ms"] > 0

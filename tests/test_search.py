@@ -194,3 +194,17 @@ def test_a_real_diverging_arm_in_the_engine_is_scored_inf(tmp_path):
     assert all(c.theta == 0 for c in result.search.candidates)  # the blown-up Θ entry never wins
     errors = [json.loads(line)["error"] for line in (tmp_path / "evaluations.jsonl").read_text().splitlines()]
     assert None in errors and "Infinity" not in (tmp_path / "result.json").read_text()
+
+
+def test_the_approximation_check_is_undecided_when_every_finalist_diverges(tmp_path):
+    toy = ToySurrogate(MLP)
+
+    def diverges_when_long(arch, theta, steps, seed):
+        if steps > 16:
+            raise NonFiniteLoss("the loss became non-finite")
+        return toy(arch, theta, steps, seed)
+
+    search = FPTAS(MLP, POINTS, diverges_when_long, [{"lr": 3e-3}], epsilon=0.5)
+    store = ResultsStore(tmp_path)
+    check = search.recheck(store, search.run(store), factor=2)
+    assert check["ratio"] is None and check["within_1_minus_epsilon"] is None

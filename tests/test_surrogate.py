@@ -59,7 +59,7 @@ def test_surrogate_measures_what_pretrain_trains(minilm, sequences):
     batch = next(surrogate.plan.eval_batches(0, 1))
     terms = objective(batch, objective.targets(batch))
     assert {"mlm", "hidden", "pooled"} <= set(terms)
-    assert float(terms["loss"]) == pytest.approx(float(0.1 * terms["mlm"] + terms["hidden"] + terms["pooled"]),
+    assert terms["loss"].item() == pytest.approx((0.1 * terms["mlm"] + terms["hidden"] + terms["pooled"]).item(),
                                                  rel=1e-5)
 
 

@@ -100,7 +100,9 @@ def report(args: argparse.Namespace, data: Any, text: str, written: bool = False
     """A report as text, or as JSON on stdout (--json) or in a file (--json FILE)."""
     target = getattr(args, "json", None)
     if target == "-":
-        print(json.dumps(data, indent=1))
+        from bort import io
+
+        print(json.dumps(io.strict_json(data), indent=1, allow_nan=False))
         return
     if target and not written:
         from bort import io
@@ -155,6 +157,10 @@ def run_finetune(settings: cfg.AgoraConfig, args: argparse.Namespace) -> None:
     if args.agora:
         out = agora(settings.model, settings.task, settings.output, config=settings).summary
     else:
+        given = [cfg.flag_of(f) for f in fields(cfg.AgoraConfig) if f.name not in cfg.FinetuneConfig.names()
+                 and f.name in vars(args)]
+        if given:
+            raise BortError(f"{', '.join(given)} only apply with --agora; add --agora or leave them out")
         plain = cfg.make(cfg.FinetuneConfig, **{k: v for k, v in settings.to_dict().items()
                                                  if k in cfg.FinetuneConfig.names()})
         out = finetune(settings.model, settings.task, settings.output, config=plain).summary

@@ -23,10 +23,12 @@ RUNTIMES = ("torch", "compile", "onnx", "onnx-int8", "onnx-unfused", "onnx-unfus
 def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, choices: tuple | None = None,
            minimum: float | None = None, above: float | None = None, maximum: float | None = None,
            group: str | None = None, cli: bool = True, metavar: str | tuple | None = None,
-           required: bool = False) -> Any:
-    """A config field: its default, CLI help and validity rule (`minimum` <=, `above` <, `maximum` >=)."""
+           required: bool = False, identity: bool = True) -> Any:
+    """A config field: its default, CLI help and validity rule (`minimum` <=, `above` <, `maximum` >=).
+
+    `identity=False` marks what may change when a run resumes (logging cadence, the output folder, bars)."""
     meta = dict(help=help, flag=flag, choices=choices, minimum=minimum, above=above, maximum=maximum,
-                group=group, cli=cli, metavar=metavar, required=required)
+                group=group, cli=cli, metavar=metavar, required=required, identity=identity)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -38,23 +40,20 @@ def flag_of(f) -> str:
 
 @dataclass(kw_only=True)
 class Options:
-    """Checks every field against its rule when a config is made (from flags, YAML or keywords)."""
+    """Checks and normalises every field by its type and rule when a config is made (from flags, YAML or
+    keywords): a wrong value is one line naming the flag, before any work."""
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
-            value, meta, name = getattr(self, f.name), f.metadata, flag_of(f)
+            value, kind, name = getattr(self, f.name), hints[f.name], flag_of(f)
+            optional = type(None) in typing.get_args(kind)
             if value is None:
-                if meta.get("required"):
-                    raise BortError(f"{name} is required")
+                if f.metadata.get("required") or not optional:
+                    raise BortError(f"{name} needs a value")
                 continue
-            values = value if isinstance(value, list | tuple) else [value]
-            for v in values if meta.get("choices") else ():
-                if v not in meta["choices"]:
-                    raise BortError(f"{name} must be one of {', '.join(map(str, meta['choices']))}, not '{v}'")
-            if (typing.get_args(hints[f.name]) or (hints[f.name],))[0] in (int, float):
-                for v in values:
-                    _check_number(name, v, meta)
+            kind = next(k for k in typing.get_args(kind) if k is not type(None)) if optional else kind
+            setattr(self, f.name, _typed(name, kind, value, f))
 
     @classmethod
     def names(cls) -> list[str]:
@@ -63,16 +62,40 @@ class Options:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def identity(self) -> dict[str, Any]:
+        """The options a resumed run must share with the run it continues."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("identity", True)}
 
-def _check_number(name: str, value: Any, meta: dict) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BortError(f"{name} must be a finite number, not {value!r}")
-    if meta.get("minimum") is not None and value < meta["minimum"]:
-        raise BortError(f"{name} must be at least {meta['minimum']:g}, not {value:g}")
-    if meta.get("above") is not None and value <= meta["above"]:
-        raise BortError(f"{name} must be above {meta['above']:g}, not {value:g}")
-    if meta.get("maximum") is not None and value > meta["maximum"]:
-        raise BortError(f"{name} must be at most {meta['maximum']:g}, not {value:g}")
+
+def _typed(name: str, kind: Any, value: Any, f) -> Any:
+    """`value` as `kind` (a scalar for a list option is a list of one; YAML's '5e-4' is a number), checked."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (list, tuple):
+        values = [_typed(name, args[0], v, f) for v in (value if isinstance(value, list | tuple) else [value])]
+        if origin is tuple and len(values) != len(args):
+            raise BortError(f"{name} takes {len(args)} values, not {len(values)}")
+        if not values and f.default_factory is not MISSING and f.default_factory():
+            raise BortError(f"{name} needs at least one value")
+        return tuple(values) if origin is tuple else values
+    if f.metadata.get("choices") and value not in f.metadata["choices"]:
+        raise BortError(f"{name} must be one of {', '.join(map(str, f.metadata['choices']))}, not '{value}'")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise BortError(f"{name} is true or false, not {value!r}")
+        return value
+    if kind not in (int, float):
+        return str(value) if isinstance(value, str | Path) else value
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or (kind is int and not number.is_integer()):
+        raise BortError(f"{name} must be a finite {'whole ' if kind is int else ''}number, not {value!r}")
+    for rule, fails, words in (("minimum", number.__lt__, "at least"), ("above", number.__le__, "above"),
+                               ("maximum", number.__gt__, "at most")):
+        if f.metadata.get(rule) is not None and fails(f.metadata[rule]):
+            raise BortError(f"{name} must be {words} {f.metadata[rule]:g}, not {number:g}")
+    return int(number) if kind is int else number
 
 
 def make(cls: type[Options], **options: Any) -> Any:
@@ -92,10 +115,10 @@ def like(base: type, name: str, default: Any, **changes: Any) -> Any:
 class RunConfig(Options):
     """What every command that writes a run folder shares."""
 
-    output: str | None = option(None, "results folder")
-    resume: bool = option(False, "continue the run in --output from where it stopped")
-    overwrite: bool = option(False, "replace the run in --output (only a folder bort wrote)")
-    progress: bool = option(True, "no progress bars", flag="--quiet")
+    output: str | None = option(None, "results folder", identity=False)
+    resume: bool = option(False, "continue the run in --output from where it stopped", identity=False)
+    overwrite: bool = option(False, "replace the run in --output (only a folder bort wrote)", identity=False)
+    progress: bool = option(True, "no progress bars", flag="--quiet", identity=False)
     max_seq_len: int = option(128, "tokens per row: packed corpus rows, or the truncation length of task inputs",
                               minimum=8)
 
@@ -111,12 +134,14 @@ class TrainConfig(RunConfig):
     max_grad_norm: float = option(1.0, "gradients are clipped to this norm", above=0)
     batch_size: int = option(32, "training rows per process per micro-step", minimum=1)
     grad_accum: int = option(1, "micro-steps per optimizer step (gradient accumulation)", minimum=1)
-    seed: int = option(0, "random seed: weights, data order, masks and dropout are functions of it")
+    seed: int = option(0, "random seed: weights, data order, masks and dropout are functions of it", minimum=0,
+                       maximum=2**32)
     mixed_precision: str = option("auto", "GPU only (CPU runs stay fp32); auto = bf16 where supported, else fp16",
                                   choices=("auto", "no", "fp16", "bf16"))
-    save_every: int = option(500, "checkpoint every N steps (0: only at the end)", minimum=0)
-    log_every: int = option(10, "write the training loss terms to metrics.jsonl every N steps", minimum=1)
-    eval_every: int = option(100, "held-out evaluation every N steps (0: never)", minimum=0)
+    save_every: int = option(500, "checkpoint every N steps (0: only at the end)", minimum=0, identity=False)
+    log_every: int = option(10, "write the training loss terms to metrics.jsonl every N steps", minimum=1,
+                            identity=False)
+    eval_every: int = option(100, "held-out evaluation every N steps (0: never)", minimum=0, identity=False)
 
     def warmup_steps(self, total: int) -> int:
         """The one warm-up rule: a fraction of the run (rounded up) when < 1, else a number of steps."""
@@ -142,6 +167,14 @@ class DistillConfig(Options):
     init: str = option("random", "start the student at random or as a slice of the source's weights",
                        choices=("random", "source"))
 
+    def check_weights(self, teacher_has_mlm_head: bool) -> None:
+        """Refuse an objective with nothing in it for this kind of teacher (before any work)."""
+        used = ("mlm_weight", "kd_weight" if teacher_has_mlm_head else "hidden_weight", "attention_weight")
+        if not any(getattr(self, name) for name in used):
+            flags = ", ".join("--" + name.replace("_", "-") for name in used)
+            raise BortError(f"every loss weight this teacher uses is 0 ({flags}), so there is nothing to train; set "
+                            "one above 0")
+
 
 @dataclass(kw_only=True)
 class ExtractConfig(DistillConfig, RunConfig):
@@ -150,7 +183,7 @@ class ExtractConfig(DistillConfig, RunConfig):
     family: str = option("bert", "network family")
     source: str | None = option(None, "model folder, config.json, hub name or preset (default: embedded MiniLM)")
     teacher: str | None = option(None, "model that defines the surrogate error (default: the source)")
-    space: str = option("default", "'default', 'bort-paper', or a JSON/YAML file mapping parameters to values")
+    space: str | dict = option("default", "'default', 'bort-paper', or a JSON/YAML file mapping parameters to values")
     epsilon: float = option(0.2, "approximation parameter ε; a finalist trains n(ε) = ceil(8/ε) steps", above=0,
                             maximum=0.99)
     steps: int | None = option(None, "override n(ε), the surrogate steps of a finalist", minimum=1)
@@ -169,9 +202,10 @@ class ExtractConfig(DistillConfig, RunConfig):
     max_effective_params: float | None = option(None, "target: at most this many non-embedding parameters", above=0)
     max_latency_ms: float | None = option(None, "target: measured latency at the reference shape", above=0)
     halving: bool = option(True, "train every candidate for n(ε) (the paper's schedule)", flag="--no-halving")
-    check_factor: int | None = option(None, "approximation check: retrain the finalists with this x n(ε)", minimum=2)
+    check_factor: int | None = option(None, "approximation check: retrain the finalists with this x n(ε)", minimum=2,
+                                      identity=False)
     output: str | None = like(RunConfig, "output", None, help="results folder (default: runs/extract-<time>)")
-    seed: int = option(0, "random seed of the search (data, masks and each arm's seed)")
+    seed: int = like(TrainConfig, "seed", 0, help="random seed of the search (data, masks and each arm's seed)")
 
 
 @dataclass(kw_only=True)
@@ -189,8 +223,9 @@ class PretrainConfig(TrainConfig, DistillConfig):
     warmup: float = like(TrainConfig, "warmup", 0.06)
     eval_sequences: int = option(64, "held-out sequences for evaluation", minimum=1)
     max_sequences: int | None = option(None, "use at most this many packed sequences of the corpus", minimum=1)
-    cache_dir: str | None = option(None, "token cache folder (default: $BORT_CACHE/tokens)")
-    measure_latency: bool = option(True, "skip the CPU latency measurement for the model card", flag="--no-latency")
+    cache_dir: str | None = option(None, "token cache folder (default: $BORT_CACHE/tokens)", identity=False)
+    measure_latency: bool = option(True, "skip the CPU latency measurement for the model card", flag="--no-latency",
+                                   identity=False)
 
 
 @dataclass(kw_only=True)
@@ -202,14 +237,14 @@ class FinetuneConfig(TrainConfig):
                              "name for your own --train/--dev files", required=True)
     output: str = like(RunConfig, "output", None, required=True)
     data_dir: str | None = option(None, "folder in the official layout (glue/<Task>/*.tsv, superglue/<Task>/*.jsonl); "
-                                        "default $BORT_DATA_DIR, else the hub")
-    seeds: list[int] = option([0], "one run per seed")
+                                        "default $BORT_DATA_DIR, else the hub", identity=False)
+    seeds: list[int] = option([0], "one run per seed", minimum=0, maximum=2**32, identity=False)
     seed: int = like(TrainConfig, "seed", 0, cli=False)  # each run's, taken from --seeds
     epochs: float = option(3.0, "passes over the train set (unless --max-steps)", above=0)
     max_train_samples: int | None = option(None, "one random subsample of the train split, the same for every seed",
                                            minimum=1)
     save_every: int = like(TrainConfig, "save_every", 100)
-    eval_batch_size: int = option(64, "rows per prediction batch", minimum=1)
+    eval_batch_size: int = option(64, "rows per prediction batch", minimum=1, identity=False)
     eval_every: int = like(TrainConfig, "eval_every", 0, cli=False)  # the official dev split is scored at the end
     train_file: str | None = option(None, "custom task: train file (.csv, .tsv or .jsonl)", flag="--train")
     dev_file: str | None = option(None, "custom task: dev file", flag="--dev")
@@ -218,7 +253,7 @@ class FinetuneConfig(TrainConfig):
     pair_column: str | None = option(None, "custom task: second text column")
     label_column: str = option("label", "custom task: label column")
     kind: str = option("classification", "custom task: head kind", choices=("classification", "regression"))
-    measure_latency: bool = option(True, "skip the CPU latency measurement", flag="--no-latency")
+    measure_latency: bool = option(True, "skip the CPU latency measurement", flag="--no-latency", identity=False)
 
     def task_files(self) -> dict[str, Any]:
         """The custom-task options (empty for a registered task)."""

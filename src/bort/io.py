@@ -103,9 +103,9 @@ def _cannot_load(what: str, source: str, exc: BaseException) -> BortError:
         "offline", "connect", "resolve"))
     local = Path(source).expanduser().exists()
     hint = " (the Hugging Face hub is unreachable from here)" if offline and not local else ""
+    presets = f", or a preset ({', '.join(PRESETS)})" if what == "a config" else ""
     return BortError(f"cannot load {what} from '{source}'{hint} ({type(exc).__name__}: {text}); pass a local model "
-                     f"folder (config.json, model.safetensors, tokenizer files), a hub name, or a preset "
-                     f"({', '.join(PRESETS)})")
+                     f"folder (config.json, model.safetensors, tokenizer files) or a hub name{presets}")
 
 
 def load_config(source: str | os.PathLike | None):
@@ -161,10 +161,12 @@ def writing(path: Path, cleanup: Path | None = None) -> Iterator[None]:
     except BaseException as exc:
         if cleanup is not None:
             shutil.rmtree(cleanup, ignore_errors=True) if cleanup.is_dir() else cleanup.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        # safetensors reports its I/O errors as SafetensorError, with the OS error in the message
+        if getattr(exc, "errno", None) == errno.ENOSPC or "os error 28" in str(exc):
             raise BortError(f"no space left on {path.parent}; free some space and rerun with --resume") from None
-        if isinstance(exc, OSError):
-            raise BortError(f"cannot write {path}: {exc.strerror or exc}; choose another --output") from None
+        if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":
+            raise BortError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}; check the folder's "
+                            "permissions and free space") from None
         raise
 
 
@@ -297,8 +299,11 @@ def _prepare(output, command: str, resume: bool, overwrite: bool, inputs: tuple)
             raise BortError(f"--output {folder} already holds files; {hint}")
         if not ours:
             raise BortError(f"--output {folder} holds files bort did not write; choose an empty or new folder")
+        if (other := read_json(folder / MARKER).get("command")) != command:
+            raise BortError(f"--output {folder} holds a `bort {other}` run, not a `bort {command}` one; choose "
+                            "another --output")
+        _refuse_to_clear(folder, inputs, clearing=overwrite and not resume)  # resuming writes into it too
         if overwrite and not resume:
-            _refuse_to_clear(folder, inputs)
             for child in folder.iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     check_writable(folder)
@@ -307,13 +312,15 @@ def _prepare(output, command: str, resume: bool, overwrite: bool, inputs: tuple)
     return folder
 
 
-def _refuse_to_clear(folder: Path, inputs: tuple[str | os.PathLike | None, ...]) -> None:
+def _refuse_to_clear(folder: Path, inputs: tuple[str | os.PathLike | None, ...], clearing: bool) -> None:
+    """Never write into an input (or a folder holding one); never clear '.' or home."""
     target = folder.resolve()
-    for keep in [Path.cwd(), Path.home()] + [Path(p).expanduser() for p in inputs if isinstance(p, str | os.PathLike)]:
-        keep = keep.resolve()
+    for keep in [Path(p).expanduser().resolve() for p in inputs if isinstance(p, str | os.PathLike)]:
         if keep == target or target in keep.parents:
-            raise BortError(f"--overwrite would delete {keep}, which this run reads or which holds it; choose "
-                            "another --output")
+            raise BortError(f"--output {folder} is or holds {keep}, which this run reads; choose another --output")
+    for keep in (Path.cwd().resolve(), Path.home().resolve()) if clearing else ():
+        if keep == target or target in keep.parents:
+            raise BortError(f"--overwrite would clear {target}, which holds {keep}; choose another --output")
 
 
 def same_settings(saved: dict[str, Any], current: dict[str, Any], what: str) -> None:
@@ -346,7 +353,8 @@ def save_checkpoint(folder: Path, step: int, module: Any, optimizer: Any, state:
     tmp = folder / f".tmp-{final.name}-{os.getpid()}"
     tensors, rest = _split_optimizer(optimizer.state_dict())
     with writing(final, cleanup=tmp):
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in folder.glob(f".tmp-{CHECKPOINT_PREFIX}*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_model(module, str(tmp / "model.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))

@@ -38,6 +38,7 @@ from bort.tasks.finetune import (
     publish_best,
     resolve_task,
     summarise,
+    task_tokenizer,
     train,
 )
 from bort.tasks.registry import Example, Task
@@ -214,12 +215,12 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
                         "--labeller-from MODEL (fine-tuned here first)")
     if config.labeller:
         Labeller(config.labeller, spec, config.max_seq_len)  # a labeller for other labels fails before any work
+    tokenizer, encoder = task_tokenizer(source, config.max_seq_len), load_encoder(source)
     inputs = (config.model, config.data_dir, config.labeller, config.labeller_from, config.infill_model,
               config.train_file, config.dev_file, config.test_file)
     out = io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs)
     labeller_dir, labeller_metrics = _labeller(config, spec, data, out)
     judge = Labeller(labeller_dir, spec, config.max_seq_len)
-    tokenizer, encoder = io.load_tokenizer(source), load_encoder(source)
     changer = make_transform(config.transform, encoder, tokenizer, config.replace_fraction, config.infill_model)
     similarity = Similarity(encoder, tokenizer, config.max_seq_len)
     result: dict[str, Any] = {"task": spec.name, "benchmark": spec.benchmark, "metrics": list(spec.metrics),

@@ -1,2 +1,1 @@
-"""Distillation: one core (losses, data, the student+projection objective) shared by the search's
-surrogate runs and by pre-training."""
+"""Distillation pre-training: corpus data (packing, masking, cache, the batch plan), slicing init, `bort pretrain`."""

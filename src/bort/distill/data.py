@@ -102,7 +102,8 @@ def read_documents(paths: Iterable[str | os.PathLike] | None) -> Iterator[str]:
 
 
 def iter_packed_rows(documents: Iterable[str], tokenizer, seq_len: int) -> Iterator[list[int]]:
-    """The rows of `pack_sequences`, one at a time, so a corpus larger than memory can be streamed."""
+    """Tokenised documents joined by [SEP] and cut into rows [CLS] ... [SEP] of `seq_len` ids (no padding),
+    one at a time, so a corpus larger than memory can be streamed."""
     if seq_len < 8:
         raise BortError(f"sequence length {seq_len} is too short; use at least 8")
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id

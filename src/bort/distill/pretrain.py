@@ -27,8 +27,6 @@ from bort.families.bert import BertFamily
 
 ARCH_TEXT = re.compile(r"^\s*\d+\s*(,\s*\d+\s*){3}$")
 LATENCY_SHAPE = (1, 128)  # batch, sequence length of the model card's CPU latency
-NOT_IN_FINGERPRINT = ("eval_every", "save_every", "log_every", "resume", "overwrite", "progress", "measure_latency",
-                      "output", "cache_dir")
 
 
 @dataclass
@@ -97,6 +95,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     corpus = [str(c) for c in config.corpus]
     check_corpus(corpus)
     teacher = load_teacher(config.teacher)
+    config.check_weights(teacher.has_mlm_head)
     source = config.source if config.source is not None else teacher.name
     arch = resolve_arch(config.arch, source)
     vocab = teacher.model.config.vocab_size
@@ -107,6 +106,10 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     family = BertFamily(arch)
     if config.max_seq_len > family.max_seq_len:
         raise BortError(f"--max-seq-len {config.max_seq_len} exceeds the architecture's {family.max_seq_len} positions")
+    world = io.process()[1]
+    if config.eval_sequences < world:
+        raise BortError(f"--eval-sequences {config.eval_sequences} is fewer than the {world} processes; every process "
+                        f"scores a share of the held-out rows: use at least {world}")
     source_model = None
     if config.init == "source" and config.source is not None and str(config.source) != teacher.name:
         source_model = io.load_model(config.source)
@@ -121,9 +124,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     plan = BatchPlan(rows, teacher.tokenizer, config.batch_size, config.mask_prob, config.seed, config.eval_sequences,
                      config.grad_accum)
     shape = family.maximum()
-    world = io.process()[1]
-    fingerprint = {**{k: v for k, v in config.to_dict().items() if k not in NOT_IN_FINGERPRINT},
-                   "arch": list(shape), "model_type": arch.model_type, "vocab": arch.vocab_size,
+    fingerprint = {**config.identity(), "arch": list(shape), "model_type": arch.model_type, "vocab": arch.vocab_size,
                    "teacher": teacher.name, "corpus": corpus, "rows": int(rows.shape[0]), "world_size": world}
     engine = Engine(objective, plan, config, output, fingerprint, plan.eval_batches, desc="pretrain",
                     progress=config.progress)
@@ -145,8 +146,9 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
             ids = torch.randint(5, arch.vocab_size, (LATENCY_SHAPE[0], min(LATENCY_SHAPE[1], family.max_seq_len)),
                                 generator=torch.Generator().manual_seed(0))
             result.latency = cpu_latency(student.base_model, {"input_ids": ids})
-        student.save_pretrained(output)
-        teacher.tokenizer.save_pretrained(output)
+        with io.writing(output / "model.safetensors"):
+            student.save_pretrained(output)
+            teacher.tokenizer.save_pretrained(output)
         io.write_model_card(output, *model_card(result))
         io.write_json(output / "pretrain.json", result.to_dict())
     io.barrier()

@@ -115,15 +115,16 @@ class Engine:
                          f"checkpoint {found[-1]}")
         state = io.load_checkpoint(found[-1], self.objective, optimizer)
         scheduler.load_state_dict(state["scheduler"])
-        self._scaler_state = state.get("scaler")
+        self._scaler_state, self._last = state.get("scaler"), (state.get("train", {}), state.get("eval", {}))
         return int(state["step"])
 
-    def _save(self, step: int, optimizer, scheduler) -> None:
+    def _save(self, step: int, optimizer, scheduler, train: dict, last_eval: dict) -> None:
         self.acc.wait_for_everyone()
         if self._main():
             scaler = self.acc.scaler.state_dict() if self.acc.scaler is not None else None
             io.save_checkpoint(self.checkpoint_dir, step, self.objective, optimizer,
-                               {"fingerprint": self.fingerprint, "scheduler": scheduler.state_dict(), "scaler": scaler})
+                               {"fingerprint": self.fingerprint, "scheduler": scheduler.state_dict(), "scaler": scaler,
+                                "train": train, "eval": last_eval})
         self.acc.wait_for_everyone()
 
     def _open_logs(self, start: int) -> None:
@@ -177,7 +178,7 @@ class Engine:
         optimizer = torch.optim.AdamW(param_groups(objective, config.weight_decay), lr=config.lr,
                                       fused=acc.device.type in ("cpu", "cuda"))
         scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps(total), total)
-        self._scaler_state = None
+        self._scaler_state, self._last = None, ({}, {})
         start = self._resume(resume, optimizer, scheduler)
         if self.local:
             model, optimizer = acc.prepare_model(objective, evaluation_mode=True), acc.prepare_optimizer(optimizer)
@@ -192,7 +193,8 @@ class Engine:
         bar = io.progress_bar(total, self.desc, self.progress and acc.is_main_process, initial=start, unit="step")
         if config.eval_every and start == 0 and self.eval_batches is not None:
             self._log({"kind": "eval", "step": 0, **self.evaluate()})
-        began, train_seconds, tokens, terms_out, last_eval = time.perf_counter(), 0.0, 0, {}, {}
+        began, train_seconds, tokens = time.perf_counter(), 0.0, 0
+        terms_out, last_eval = self._last  # a run resumed at its end reports what it ended with
         model.train()
         try:
             for step in range(start, total):
@@ -213,9 +215,12 @@ class Engine:
                 means = dict(zip(keys, self._mean(torch.stack([sums[k] for k in keys])).tolist(), strict=True))
                 if not math.isfinite(means["loss"]):
                     raise self._diverged(means["loss"], step + 1)
-                acc.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                norm = acc.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                if acc.scaler is None and not math.isfinite(float(norm)):  # fp16's scaler skips such steps itself
+                    raise self._diverged(float(norm), step + 1, "gradient norm")
                 optimizer.step()
-                scheduler.step()
+                if not optimizer.step_was_skipped:  # fp16: no update, so the schedule does not advance either
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 done, seconds = step + 1, time.perf_counter() - tick
                 if step > start:  # the first step of a run pays one-off warm-up costs
@@ -234,7 +239,7 @@ class Engine:
                     self._log({"kind": "eval", "step": done, **last_eval})
                 if self.output is not None and ((config.save_every and done % config.save_every == 0)
                                                 or done == total):
-                    self._save(done, optimizer, scheduler)
+                    self._save(done, optimizer, scheduler, terms_out, last_eval)
                 if on_step is not None:
                     on_step(done, terms_out)
         finally:
@@ -242,8 +247,9 @@ class Engine:
         return TrainResult(steps=total, train=terms_out, eval=last_eval, seconds=round(time.perf_counter() - began, 2),
                            tokens_per_s=round(tokens / train_seconds, 1) if train_seconds else None)
 
-    def _diverged(self, value: float, step: int) -> NonFiniteLoss:
+    def _diverged(self, value: float, step: int, what: str = "loss") -> NonFiniteLoss:
         kept = io.checkpoints(self.checkpoint_dir) if self.output is not None else []
-        where = f"; the last good checkpoint is {kept[-1]} (resume with --resume)" if kept else ""
-        return NonFiniteLoss(f"the loss became non-finite ({value}) at step {step}; stopped before the update{where}; "
-                             "lower --lr or raise --warmup, or run without mixed precision")
+        where = f" (the last good checkpoint, {kept[-1].name}, is kept)" if kept else ""
+        return NonFiniteLoss(f"the {what} became non-finite ({value}) at step {step}; stopped before the update"
+                             f"{where}; start again (--overwrite) with a lower --lr or a longer --warmup, or without "
+                             "mixed precision: resuming would diverge the same way")

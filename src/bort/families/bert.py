@@ -27,6 +27,12 @@ GELU_OPS = 8  # tanh-approximation cost; erf is comparable
 SOFTMAX_OPS = 5  # max, subtract, exp, sum, divide
 
 
+def positions(config: PretrainedConfig) -> int:
+    """Longest input the position table allows (RoBERTa-style models reserve padding_idx + 1 slots)."""
+    reserved = 0 if config.model_type == "bert" else (getattr(config, "pad_token_id", 0) or 0) + 1
+    return config.max_position_embeddings - reserved
+
+
 class BertFamily:
     """Sub-architectures of one BERT/RoBERTa-shaped source config."""
 
@@ -106,10 +112,7 @@ class BertFamily:
 
     @property
     def max_seq_len(self) -> int:
-        """Longest input the position table allows (RoBERTa-style models reserve padding_idx + 1 slots)."""
-        c = self.source_config
-        reserved = 0 if c.model_type == "bert" else (c.pad_token_id or 0) + 1
-        return c.max_position_embeddings - reserved
+        return positions(self.source_config)
 
     def example_input(self, arch: Arch, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
         if seq_len > self.max_seq_len:

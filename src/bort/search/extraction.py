@@ -90,31 +90,30 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
         raise BortError(f"the space has no valid architecture ({reasons}); fix --space")
     thetas = [{k: point.get(k, getattr(config, k)) for k in THETA_KEYS}
               for point in parse_theta(config.theta, config, THETA_KEYS)]
+    if config.resume and not config.output:
+        raise BortError("--resume needs --output: the folder of the run to continue")
     rank, world = io.process()
-    inputs = (config.source, config.teacher, config.space, *config.corpus)
-    out = io.prepare_output(config.output, "extract", config.resume, config.overwrite, inputs)
     started = time.perf_counter()
     if surrogate is None:
-        surrogate = default_surrogate(fam, config)
+        surrogate = default_surrogate(fam, config)  # loads the teacher and the corpus: bad input fails here
     teacher_name = getattr(surrogate, "teacher_name", None)
     latency = None
     if config.speed == "measured" or config.max_latency_ms is not None:
         from bort.speed.latency import LatencyCache
 
-        cache = LatencyCache()
-
-        def latency(arch):
-            return cache.measure(fam, arch, config.latency_batch_size, config.latency_seq_len)
+        # one process times every candidate (processes timing at once would slow each other down and disagree)
+        cache, shape = LatencyCache(), (config.latency_batch_size, config.latency_seq_len)
+        latency = io.broadcast({a: cache.measure(fam, a, *shape) for a in [*points, fam.maximum()]}
+                               if rank == 0 else None).__getitem__
+    inputs = (config.source, config.teacher, config.space, *config.corpus)
+    out = io.prepare_output(config.output, "extract", config.resume, config.overwrite, inputs)
 
     as_int = lambda v: None if v is None else int(v)  # noqa: E731
     constraints = Constraints(as_int(config.max_params), as_int(config.max_effective_params), config.max_latency_ms)
     search = FPTAS(fam, points, surrogate, thetas, config.epsilon, config.steps, config.speed == "measured", latency,
                    config.latency_batch_size, config.latency_seq_len, constraints, config.halving, seed=config.seed)
-    settings = {**{k: v for k, v in config.to_dict().items() if k not in (
-                    "output", "resume", "overwrite", "progress", "theta", "steps", "check_factor", "lr", "warmup",
-                    "weight_decay")},
-                "source": fam.fingerprint(), "teacher": teacher_name, "space": space.values, "thetas": thetas,
-                "steps": search.steps, "constraints": constraints.__dict__}
+    settings = {**config.identity(), "source": fam.fingerprint(), "teacher": teacher_name, "space": space.values,
+                "thetas": thetas, "steps": search.steps, "constraints": constraints.__dict__}
     store = ResultsStore(out, rank)
     if rank == 0:
         store.open(settings, resume=config.resume)
@@ -147,10 +146,11 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
     summary = summarize(fam, result, settings, predicted, seconds, world)
     if check is not None:
         summary["approximation_check"] = check
+        verdict = ("undecided: every finalist diverged" if check["ratio"] is None else f"ratio {check['ratio']:.3f}, "
+                   f"{'within' if check['within_1_minus_epsilon'] else 'NOT within'} 1 - ε = {1 - config.epsilon:.2f}")
         log.info(f"approximation check: W(ε choice) at {check['factor']}x budget = "
                  f"{check['W_of_epsilon_choice_at_larger_budget']:.4f} vs best {check['W_at_larger_budget']:.4f} "
-                 f"({','.join(map(str, check['chosen_at_larger_budget']))}): ratio {check['ratio']:.3f}, "
-                 f"{'within' if check['within_1_minus_epsilon'] else 'NOT within'} 1 - ε = {1 - config.epsilon:.2f}")
+                 f"({','.join(map(str, check['chosen_at_larger_budget']))}): {verdict}")
     if rank == 0:
         write_outputs(out, fam, result, summary, teacher_name)
         log.info(f"done in {seconds / 60:.1f} min ({result.trained_steps} steps trained now, predicted "
@@ -235,7 +235,8 @@ def write_outputs(out: Path, fam: Family, result: SearchResult, summary: dict[st
     plot_pareto(out / "pareto.png", result.candidates, result.chosen, result.constrained,
                 summary["settings"]["speed"] == "measured")
     chosen = out / "chosen"
-    chosen.mkdir(parents=True, exist_ok=True)
-    fam.save((result.constrained or result.chosen).arch, chosen)
-    if teacher_name is not None:
-        io.load_tokenizer(teacher_name).save_pretrained(chosen)
+    with io.writing(chosen / "config.json"):
+        chosen.mkdir(parents=True, exist_ok=True)
+        fam.save((result.constrained or result.chosen).arch, chosen)
+        if teacher_name is not None:
+            io.load_tokenizer(teacher_name).save_pretrained(chosen)

@@ -223,12 +223,13 @@ class FPTAS:
                 w = w_coefficient(c, self.maximum, self.measured, ev.error)
                 best[c.arch] = max(best.get(c.arch, -math.inf), w)
         larger = min(best, key=lambda a: (-best[a], a))
-        ratio = best[result.chosen.arch] / best[larger]
-        epsilon = self.epsilon
+        # every finalist diverging at the larger budget (W = 0) leaves the check undecided, not a division by zero
+        ratio = best[result.chosen.arch] / best[larger] if best[larger] > 0 else None
         return {"factor": factor, "steps": steps, "chosen_at_epsilon": list(result.chosen.arch),
                 "W_at_epsilon": result.chosen.W, "chosen_at_larger_budget": list(larger),
                 "W_at_larger_budget": best[larger], "W_of_epsilon_choice_at_larger_budget": best[result.chosen.arch],
-                "ratio": ratio, "epsilon": epsilon, "within_1_minus_epsilon": ratio >= 1 - epsilon}
+                "ratio": ratio, "epsilon": self.epsilon,
+                "within_1_minus_epsilon": None if ratio is None else ratio >= 1 - self.epsilon}
 
     def _error(self, arch: Arch, theta: int, steps: int) -> float:
         """ê of one arm; an arm whose training diverges (or whose ê is NaN) gets ê = inf, so W = 0, and the

@@ -73,6 +73,7 @@ class DistillationSurrogate:
 
         check_corpus(config.corpus)
         teacher = load_teacher(config.teacher if config.teacher is not None else config.source)
+        config.check_weights(teacher.has_mlm_head)
         if len(teacher.tokenizer) > family.source_config.vocab_size:
             raise BortError(f"the teacher's tokenizer has {len(teacher.tokenizer)} tokens but the source's vocabulary "
                             f"has {family.source_config.vocab_size}; use a teacher with the source's vocabulary")

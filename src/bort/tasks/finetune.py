@@ -25,13 +25,12 @@ from bort.config import FinetuneConfig
 from bort.engine.loop import Engine
 from bort.engine.task import TaskObjective
 from bort.errors import BortError
+from bort.families.bert import positions
 from bort.tasks.generic import file_task
 from bort.tasks.metrics import compute, mean_std
 from bort.tasks.registry import Example, Task, get_task
 
 DONE = "train_state.json"  # written last: its presence means the folder holds a finished model
-NOT_IN_FINGERPRINT = ("save_every", "eval_batch_size", "log_every", "eval_every", "resume", "overwrite", "progress",
-                      "measure_latency", "output", "seeds", "data_dir")
 
 
 def load_task_model(source: str | os.PathLike, task: Task) -> torch.nn.Module:
@@ -128,7 +127,7 @@ def train(source: str | os.PathLike, task: Task, examples: list[Example], config
     batches = TaskBatches(task, examples, tokenizer, config)
     world = io.process()[1]
     steps = batches.steps(world)
-    fingerprint = io.strict_json({**{k: v for k, v in config.to_dict().items() if k not in NOT_IN_FINGERPRINT},
+    fingerprint = io.strict_json({**{k: v for k, v in config.identity().items() if k in FinetuneConfig.names()},
                                   "max_steps": steps, "source": str(source), "task": task.name,
                                   "n_train": len(examples), "world": world})
     if (folder / DONE).is_file():
@@ -141,8 +140,9 @@ def train(source: str | os.PathLike, task: Task, examples: list[Example], config
                     folder, fingerprint, desc=f"fine-tune {task.name} seed {config.seed}", progress=config.progress)
     engine.run(resume=resume)
     if io.is_main():
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        with io.writing(folder / "model.safetensors"):
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
         io.write_json(folder / DONE, {"steps": steps, "n_train": len(examples), "fingerprint": fingerprint})
         shutil.rmtree(engine.checkpoint_dir, ignore_errors=True)
     io.barrier()
@@ -285,6 +285,14 @@ def latency_of(model: torch.nn.Module, tokenizer: Any, task: Task, seq_len: int 
     return cpu_latency(model, encode(tokenizer, task, [example], seq_len))
 
 
+def task_tokenizer(source: str, max_seq_len: int) -> Any:
+    """The model's tokenizer, once its config says inputs of `max_seq_len` tokens fit: checked before any work."""
+    if hasattr(config := io.load_config(source), "max_position_embeddings") and max_seq_len > positions(config):
+        raise BortError(f"--max-seq-len {max_seq_len} exceeds the {positions(config)} positions of {source}; use at "
+                        f"most {positions(config)}")
+    return io.load_tokenizer(source)
+
+
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune `config.model` on `config.task` once per seed; official-dev metrics per seed and mean ± std. Writes
     `<output>/plain/seed-<s>/` (a stock model folder with card, metrics, dev predictions and test submission files), the
@@ -292,9 +300,9 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     source = str(config.model) if config.model else io.default_source()
     spec = resolve_task(config.task, **config.task_files())
     data = load_data(spec, config.data_dir, config.max_train_samples)
+    tokenizer = task_tokenizer(source, config.max_seq_len)
     inputs = (config.model, config.data_dir, config.train_file, config.dev_file, config.test_file)
     out = io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs)
-    tokenizer = io.load_tokenizer(source)
     runs, folders, first = {}, {}, None
     for seed in config.seeds:
         cfg = replace(config, seed=seed)
