@@ -11,10 +11,9 @@ import pytest
 from tests.test_tasks import tiny_model  # noqa: F401 - the shared tiny model fixture
 from transformers import AutoModel
 
-from bort.agora import NeighbourSubstitution, Similarity, carve_dev
 from bort.agora.labelling import Labeller
-from bort.agora.rounds import THETA_KEYS, neighbours
-from bort.agora.transforms import make_transform
+from bort.agora.rounds import THETA_KEYS, carve_dev, neighbours
+from bort.agora.transforms import NeighbourSubstitution, Similarity, make_transform
 from bort.cli import main
 from bort.config import AgoraConfig, ExtractConfig, FinetuneConfig, parse_theta
 from bort.errors import BortError

@@ -69,3 +69,10 @@ def test_repeatable_lists_take_both_spellings():
     assert options(args).corpus == ["a", "b", "c"]
     args = parser().parse_args(["finetune", "--task", "rte", "--output", "o", "--seeds", "0", "1", "2"])
     assert options(args).seeds == [0, 1, 2]
+
+
+def test_api_functions_survive_importing_their_subpackages():
+    import bort
+    import bort.agora.rounds  # noqa: F401 - sets the attribute bort.agora to the subpackage
+
+    assert callable(bort.agora) and callable(bort.extract) and callable(bort.pretrain)

@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from bort import config as cfg
+from bort import io
 from bort.distill.pretrain import PretrainResult
+from bort.distill.pretrain import pretrain as run_pretrain
 from bort.families import Family, parse_arch, resolve_family
 from bort.families import register_family as _register_family
 from bort.search.extraction import ExtractionResult
+from bort.search.extraction import extract as run_extract
 from bort.search.surrogate import Surrogate, register_surrogate
 from bort.speed.bench import BenchResult
+from bort.speed.bench import bench as run_bench
+from bort.speed.latency import LatencyCache
 
 __all__ = ["BenchResult", "CostResult", "ExportResult", "ExtractionResult", "PretrainResult", "TaskResult", "agora",
            "bench", "cost", "export", "extract", "finetune", "pretrain", "register_family"]
@@ -26,8 +31,7 @@ __all__ = ["BenchResult", "CostResult", "ExportResult", "ExtractionResult", "Pre
 def _options(cls: type[cfg.Options], config: cfg.Options | None, given: dict[str, Any], **options: Any) -> Any:
     """`config` (or the defaults) with the given keywords on top; None means "not given" for the positionals."""
     given = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in given.items() if v is not None}
-    base = config.to_dict() if config is not None else {}
-    return cfg.make(cls, **{**base, **options, **given})
+    return cfg.make(cls, **{**(config.to_dict() if config is not None else {}), **options, **given})
 
 
 @dataclass
@@ -88,8 +92,6 @@ def cost(arch: str | tuple[int, ...], family: str | Family = "bert", source: str
     result = CostResult(fam.name, dict(zip(fam.param_names, point, strict=True)), predicted.params,
                         predicted.effective_params, predicted.ops, settings.batch_size, settings.seq_len)
     if settings.measure:
-        from bort.speed.latency import LatencyCache
-
         result.latency_ms = round(LatencyCache().measure(fam, point, settings.batch_size, settings.seq_len,
                                                          settings.repeats), 3)
     return result
@@ -98,31 +100,24 @@ def cost(arch: str | tuple[int, ...], family: str | Family = "bert", source: str
 def extract(source: str | os.PathLike | None = None, *, family: str | Family | None = None,
             surrogate: Surrogate | None = None, config: cfg.ExtractConfig | None = None,
             **options: Any) -> ExtractionResult:
-    """Find the W-optimal sub-architecture of `source` (default: the embedded MiniLM) and write the results.
-
-    `family` may be a Family instance; `surrogate` any callable (arch, theta, steps, seed) -> ê > 0.
-    """
-    from bort.search.extraction import extract as run
-
+    """Find the W-optimal sub-architecture of `source` (default: the embedded MiniLM) and write the results;
+    `family` may be a Family instance, `surrogate` any callable (arch, theta, steps, seed) -> ê > 0."""
     instance = family if family is not None and not isinstance(family, str) else None
     settings = _options(cfg.ExtractConfig, config, {"source": source, "family": family if instance is None else
                                                     instance.name}, **options)
-    return run(settings, instance, surrogate)
+    return run_extract(settings, instance, surrogate)
 
 
 def pretrain(arch: str | os.PathLike | tuple[int, ...], output: str | os.PathLike, *,
              config: cfg.PretrainConfig | None = None, **options: Any) -> PretrainResult:
     """Distil `arch` (a chosen/ folder, a config.json, or D,A,H,I) from the teacher; a stock folder in `output`."""
-    from bort.distill.pretrain import pretrain as run
-
     arch = ",".join(map(str, arch)) if isinstance(arch, tuple | list) else arch
-    return run(_options(cfg.PretrainConfig, config, {"arch": arch, "output": output}, **options))
+    return run_pretrain(_options(cfg.PretrainConfig, config, {"arch": arch, "output": output}, **options))
 
 
 def finetune(model: str | os.PathLike | None, task: str, output: str | os.PathLike, *,
              config: cfg.FinetuneConfig | None = None, **options: Any) -> TaskResult:
     """Fine-tune `model` (default: the embedded MiniLM) on `task` once per seed; official-dev metrics."""
-    from bort import io
     from bort.tasks.finetune import finetune as run
 
     settings = _options(cfg.FinetuneConfig, config, {"model": model, "task": task, "output": output}, **options)
@@ -132,7 +127,6 @@ def finetune(model: str | os.PathLike | None, task: str, output: str | os.PathLi
 def agora(model: str | os.PathLike | None, task: str, output: str | os.PathLike, *,
           config: cfg.AgoraConfig | None = None, **options: Any) -> TaskResult:
     """Agora fine-tuning of `model` on `task` (one run per seed); `compare=True` adds plain fine-tuning."""
-    from bort import io
     from bort.agora.rounds import agora as run
 
     settings = _options(cfg.AgoraConfig, config, {"model": model, "task": task, "output": output}, **options)
@@ -142,10 +136,8 @@ def agora(model: str | os.PathLike | None, task: str, output: str | os.PathLike,
 def bench(models: list[str | os.PathLike], *, json_path: str | os.PathLike | None = None, progress: bool = True,
           config: cfg.BenchConfig | None = None, **options: Any) -> BenchResult:
     """Time every model x runtime x shape side by side; `json_path` gets the records."""
-    from bort.speed.bench import bench as run
-
     settings = _options(cfg.BenchConfig, config, {"models": [str(m) for m in models]}, **options)
-    return run(settings, json_path, progress)
+    return run_bench(settings, json_path, progress)
 
 
 def export(model: str | os.PathLike, output: str | os.PathLike, *, config: cfg.ExportConfig | None = None,

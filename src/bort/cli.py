@@ -16,7 +16,9 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+import bort
 from bort import config as cfg
+from bort import io
 from bort.errors import BortError
 
 COMMANDS: dict[str, tuple[type[cfg.Options], str]] = {
@@ -33,18 +35,15 @@ REPORTS = ("cost", "bench", "export")  # print a JSON report with --json, or wri
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type[cfg.Options]) -> None:
-    """One flag per config field, its type, choices and help taken from the field."""
     hints = typing.get_type_hints(cls)
     groups: dict[str, Any] = {}
     for f in sorted(fields(cls), key=lambda f: not f.metadata.get("required")):  # required flags first
-        meta = f.metadata
-        if not meta.get("cli", True):
+        if not (meta := f.metadata).get("cli", True):
             continue
         target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"])) if meta.get(
             "group") else parser
         kind, default = hints[f.name], f.default if f.default is not MISSING else f.default_factory()
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        origin = typing.get_origin(kind)
+        args, origin = [a for a in typing.get_args(kind) if a is not type(None)], typing.get_origin(kind)
         hidden = default is None or isinstance(default, bool) or default == [] or meta.get("required")
         shown = "" if hidden else f" (default: {default})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
@@ -57,10 +56,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[cfg.Options]) -> None:
             kw.update(nargs=len(args), type=args[0])
         else:
             kw["type"] = args[0] if origin in (typing.Union, types.UnionType) else kind
-        if meta.get("choices"):
-            kw["choices"] = meta["choices"]
-        if meta.get("metavar"):
-            kw["metavar"] = meta["metavar"]
+        kw.update({k: meta[k] for k in ("choices", "metavar") if meta.get(k)})
         target.add_argument(cfg.flag_of(f), **kw)
 
 
@@ -85,45 +81,32 @@ def options(args: argparse.Namespace) -> cfg.Options:
     """The command's config: defaults, then --config FILE.yaml, then the flags given."""
     cls = COMMANDS[args.command][0]
     given = {k: v for k, v in vars(args).items() if k in cls.names()}
-    from_file: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        from bort.io import read_yaml
-
-        loaded = read_yaml(args.config, "--config") or {}
-        if not isinstance(loaded, dict):
-            raise BortError(f"--config {args.config} must be a YAML mapping of option names to values")
-        from_file = {str(k).replace("-", "_"): v for k, v in loaded.items()}
-    return cfg.make(cls, **{**from_file, **given})
+    loaded = (io.read_yaml(args.config, "--config") or {}) if getattr(args, "config", None) else {}
+    if not isinstance(loaded, dict):
+        raise BortError(f"--config {args.config} must be a YAML mapping of option names to values")
+    return cfg.make(cls, **{**{str(k).replace("-", "_"): v for k, v in loaded.items()}, **given})
 
 
 def report(args: argparse.Namespace, data: Any, text: str, written: bool = False) -> None:
     """A report as text, or as JSON on stdout (--json) or in a file (--json FILE)."""
     target = getattr(args, "json", None)
     if target == "-":
-        from bort import io
-
         print(json.dumps(io.strict_json(data), indent=1, allow_nan=False))
         return
     if target and not written:
-        from bort import io
-
         io.write_json(target, data)
     print(text + (f"\nwrote {target}" if target else ""))
 
 
 def run_cost(settings: cfg.CostConfig, args: argparse.Namespace) -> None:
-    from bort.api import cost
-
-    out = cost(settings.arch, settings.family, settings.source, config=settings).to_dict()
+    out = bort.cost(settings.arch, settings.family, settings.source, config=settings).to_dict()
     report(args, out, "\n".join(f"{k:>17}: {v:,}" if isinstance(v, int) else f"{k:>17}: {v}" for k, v in out.items()))
 
 
 def run_extract(settings: cfg.ExtractConfig, args: argparse.Namespace) -> None:
-    from bort import io
-    from bort.api import extract
     from bort.report import format_table
 
-    result = extract(config=settings)
+    result = bort.extract(config=settings)
     if not io.is_main():
         return
     search, names = result.search, result.family.param_names
@@ -140,26 +123,21 @@ def run_extract(settings: cfg.ExtractConfig, args: argparse.Namespace) -> None:
 
 
 def run_pretrain(settings: cfg.PretrainConfig, args: argparse.Namespace) -> None:
-    from bort import io
-    from bort.api import pretrain
-
-    out = pretrain(settings.arch, settings.output, config=settings)
+    out = bort.pretrain(settings.arch, settings.output, config=settings)
     if io.is_main():
         latency = f", CPU latency {out.latency['cpu_latency_ms']} ms" if out.latency else ""
         print(f"saved {out.output}: eval {json.dumps(out.eval)}, {out.tokens_per_s} tokens/s{latency}")
 
 
 def run_finetune(settings: cfg.AgoraConfig, args: argparse.Namespace) -> None:
-    from bort import io
-    from bort.api import agora, finetune
+    from bort.api import agora, finetune  # not bort.agora: that name is also the bort.agora package
     from bort.tasks.finetune import format_score
 
     if args.agora:
         out = agora(settings.model, settings.task, settings.output, config=settings).summary
     else:
-        given = [cfg.flag_of(f) for f in fields(cfg.AgoraConfig) if f.name not in cfg.FinetuneConfig.names()
-                 and f.name in vars(args)]
-        if given:
+        if given := [cfg.flag_of(f) for f in fields(cfg.AgoraConfig) if f.name not in cfg.FinetuneConfig.names()
+                     and f.name in vars(args)]:
             raise BortError(f"{', '.join(given)} only apply with --agora; add --agora or leave them out")
         plain = cfg.make(cfg.FinetuneConfig, **{k: v for k, v in settings.to_dict().items()
                                                  if k in cfg.FinetuneConfig.names()})
@@ -179,25 +157,19 @@ def run_finetune(settings: cfg.AgoraConfig, args: argparse.Namespace) -> None:
 
 
 def run_bench(settings: cfg.BenchConfig, args: argparse.Namespace) -> None:
-    from bort.api import bench
-
     to_file = args.json not in (None, "-")
-    result = bench(settings.models, config=settings, json_path=args.json if to_file else None)
+    result = bort.bench(settings.models, config=settings, json_path=args.json if to_file else None)
     report(args, result.records, result.table(), written=to_file)
 
 
 def run_export(settings: cfg.ExportConfig, args: argparse.Namespace) -> None:
-    from bort.api import export
-
-    out = export(settings.model, settings.output, config=settings).report
+    out = bort.export(settings.model, settings.output, config=settings).report
     lines = [f"wrote {', '.join(out['files'].values())} ("
              + ", ".join(f"{k} {v} MB" for k, v in out["sizes_mb"].items()) + ")",
              f"fused: {', '.join(f'{n} {op}' for op, n in out['fused_ops'].items()) or 'nothing (unfused graph)'}"]
-    for key in ("check", "check_int8"):
-        if key in out:
-            c = out[key]
-            lines.append(f"{key}: max abs diff vs PyTorch {c['unpadded']:.2e} unpadded, {c['padded']:.2e} padded "
-                         f"(batch x seq {c['shape'][0]} x {c['shape'][1]})")
+    for key, c in ((k, out[k]) for k in ("check", "check_int8") if k in out):
+        lines.append(f"{key}: max abs diff vs PyTorch {c['unpadded']:.2e} unpadded, {c['padded']:.2e} padded "
+                     f"(batch x seq {c['shape'][0]} x {c['shape'][1]})")
     lines.append(f"tokenizer: {out['tokenizer'] or 'none found; pass a model folder with tokenizer files'}")
     if "dev" in out:
         accuracy = ", ".join(f"{k} {v:.4f}" for k, v in out["dev"]["accuracy"].items())
@@ -214,8 +186,6 @@ RUNNERS = {"cost": run_cost, "extract": run_extract, "pretrain": run_pretrain, "
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from bort import io
-
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log = logging.getLogger("bort")

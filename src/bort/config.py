@@ -1,8 +1,8 @@
 """Every option of every command, written once.
 
-The CLI's flags, the Python API's keywords and `--config FILE.yaml` all come from these dataclasses: a
-default, a help text and a validity rule live in one field. This module imports nothing heavy, so
-`bort --help` stays fast. Bad values are refused here, in one line that names the flag and the fix.
+The CLI's flags, the Python API's keywords and `--config FILE.yaml` all come from these dataclasses: a default, a
+help text and a validity rule live in one field. This module imports nothing heavy, so `bort --help` stays fast.
+Bad values are refused here, in one line that names the flag and the fix.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bort.errors import BortError
+from bort.io import read_yaml
 
 # onnx*: the graph `bort export` writes (fused for BERT models); onnx-unfused*: the dynamo exporter's graph as is
 RUNTIMES = ("torch", "compile", "onnx", "onnx-int8", "onnx-unfused", "onnx-unfused-int8")
@@ -24,8 +25,7 @@ def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, c
            minimum: float | None = None, above: float | None = None, maximum: float | None = None,
            group: str | None = None, cli: bool = True, metavar: str | tuple | None = None,
            required: bool = False, identity: bool = True) -> Any:
-    """A config field: its default, CLI help and validity rule (`minimum` <=, `above` <, `maximum` >=).
-
+    """A config field: its default, CLI help and validity rule (`minimum` <=, `above` <, `maximum` >=);
     `identity=False` marks what may change when a run resumes (logging cadence, the output folder, bars)."""
     meta = dict(help=help, flag=flag, choices=choices, minimum=minimum, above=above, maximum=maximum,
                 group=group, cli=cli, metavar=metavar, required=required, identity=identity)
@@ -79,10 +79,8 @@ def _typed(name: str, kind: Any, value: Any, f) -> Any:
         return tuple(values) if origin is tuple else values
     if f.metadata.get("choices") and value not in f.metadata["choices"]:
         raise BortError(f"{name} must be one of {', '.join(map(str, f.metadata['choices']))}, not '{value}'")
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise BortError(f"{name} is true or false, not {value!r}")
-        return value
+    if kind is bool and not isinstance(value, bool):
+        raise BortError(f"{name} is true or false, not {value!r}")
     if kind not in (int, float):
         return str(value) if isinstance(value, str | Path) else value
     try:
@@ -99,9 +97,7 @@ def _typed(name: str, kind: Any, value: Any, f) -> Any:
 
 
 def make(cls: type[Options], **options: Any) -> Any:
-    """`cls(**options)`, with a one-line error naming an unknown option."""
-    unknown = sorted(set(options) - set(cls.names()))
-    if unknown:
+    if unknown := sorted(set(options) - set(cls.names())):
         raise BortError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(cls.names())}")
     return cls(**options)
 
@@ -155,8 +151,7 @@ class DistillConfig(Options):
     corpus: list[str] = option([], "text files or folders, or hf:NAME[:CONFIG] for a `datasets` corpus (default: "
                                    "the English documentation that ships with Python)", metavar="PATH")
 
-    mask_prob: float = option(0.15, "share of the tokens masked (80% [MASK], 10% random, 10% kept)", above=0,
-                              maximum=1)
+    mask_prob: float = option(0.15, "share of the tokens masked (80% [MASK], 10% random, 10% kept)", above=0, maximum=1)
     temperature: float = option(2.0, "softmax temperature T of the KL term", above=0)
     mlm_weight: float = option(0.1, "weight of the student's masked-LM cross-entropy", minimum=0)
     kd_weight: float = option(0.5, "weight of T^2 KL(teacher || student) (teachers with an MLM head)", minimum=0)
@@ -271,9 +266,8 @@ class AgoraConfig(FinetuneConfig):
                                      "--epochs on top of those flags, or a JSON/YAML file", group="Agora")
     rounds: int = option(3, "Agora rounds", minimum=1, group="Agora")
     samples_per_mistake: int = option(4, "new points generated per mistake", minimum=1, group="Agora")
-    band: tuple[float, float] = option((0.80, 0.98), "keep generated points whose cosine similarity to the source "
-                                       "lies in [LOW, HIGH]", minimum=0, maximum=1, group="Agora",
-                                       metavar=("LOW", "HIGH"))
+    band: tuple[float, float] = option((0.80, 0.98), "keep generated points whose cosine similarity to the source lies "
+                                       "in [LOW, HIGH]", minimum=0, maximum=1, group="Agora", metavar=("LOW", "HIGH"))
     transform: str = option("neighbour", "embedding nearest-neighbour token substitution, or masked-LM infilling",
                             choices=("neighbour", "infill"), group="Agora")
     replace_fraction: float = option(0.15, "share of word tokens a transform changes", above=0, maximum=1,
@@ -343,8 +337,6 @@ def parse_theta(theta: str | list | dict | None, base: Options, keys: tuple[str,
     values: every combination), a mapping key -> values (a grid), a list of mappings (points), or a JSON/YAML
     file holding either. Each point overrides the flags `keys` of `base` and is checked like them."""
     if isinstance(theta, str) and Path(theta).is_file():
-        from bort.io import read_yaml
-
         theta = read_yaml(theta, "--theta")
     if isinstance(theta, str):
         grid: dict[str, list] = {}

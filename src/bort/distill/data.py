@@ -1,17 +1,20 @@
 """Corpus -> token ids packed into fixed-length sequences, and BERT-style masking.
 
-Text files and folders are read with any encoding problem replaced, not crashed on. `hf:NAME[:CONFIG]`
-is a `datasets` corpus (its train split, streamed; NAME is a hub name or a local dataset folder). With no
-corpus the default is English text every installation already has: the documentation topics that ship
-with Python's standard library (`pydoc_data`).
+Text files and folders are read with any encoding problem replaced, not crashed on. `hf:NAME[:CONFIG]` is a `datasets`
+corpus (its train split, streamed; NAME is a hub name or a local dataset folder). With no corpus the default is English
+text every installation already has: the documentation topics that ship with Python's standard library (`pydoc_data`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bort import io
@@ -20,13 +23,6 @@ from bort.errors import BortError
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".tokens", ".raw", ""}
 LINES_PER_CALL = 256
 DATASET_PREFIX = "hf:"
-
-
-def default_corpus() -> list[str]:
-    """Python's bundled documentation topics: ~465k characters of English prose and examples."""
-    from pydoc_data.topics import topics
-
-    return [topics[key] for key in sorted(topics)]
 
 
 def corpus_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -78,16 +74,15 @@ def dataset_documents(spec: str) -> Iterator[str]:
         (k for k, v in first.items() if isinstance(v, str)), None)
     if column is None:
         raise BortError(f"corpus {spec} has no text column (columns: {', '.join(first)})")
-    yield first[column]
-    for row in rows:
-        yield row[column]
+    yield from (row[column] for row in itertools.chain([first], rows))
 
 
 def read_documents(paths: Iterable[str | os.PathLike] | None) -> Iterator[str]:
     """Yield documents: one per file or dataset row (or the default corpus when `paths` is empty)."""
-    paths = list(paths or [])
-    if not paths:
-        yield from default_corpus()
+    if not (paths := list(paths or [])):
+        from pydoc_data.topics import topics  # Python's documentation: ~465k characters of English prose and examples
+
+        yield from (topics[key] for key in sorted(topics))
         return
     for item in paths:
         if is_dataset(item):
@@ -97,8 +92,7 @@ def read_documents(paths: Iterable[str | os.PathLike] | None) -> Iterator[str]:
             try:
                 yield file.read_bytes().decode("utf-8", errors="replace")
             except OSError as exc:
-                raise BortError(f"cannot read corpus file {file}: {exc.strerror}; check its permissions"
-                                ) from None
+                raise BortError(f"cannot read corpus file {file}: {exc.strerror}; check its permissions") from None
 
 
 def iter_packed_rows(documents: Iterable[str], tokenizer, seq_len: int) -> Iterator[list[int]]:
@@ -125,11 +119,8 @@ def iter_packed_rows(documents: Iterable[str], tokenizer, seq_len: int) -> Itera
 def mask_tokens(input_ids: torch.Tensor, tokenizer, mask_prob: float, generator: torch.Generator
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking: choose `mask_prob` of the non-special tokens; of those 80% [MASK], 10% random, 10% kept.
-
-    Returns (masked inputs, labels) with labels -100 where nothing is predicted.
-    """
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
-    candidates = ~torch.isin(input_ids, special)
+    Returns (masked inputs, labels) with labels -100 where nothing is predicted."""
+    candidates = ~torch.isin(input_ids, torch.tensor(sorted(set(tokenizer.all_special_ids))))
     chosen = (torch.rand(input_ids.shape, generator=generator) < mask_prob) & candidates
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
     inputs = input_ids.clone()
@@ -142,9 +133,6 @@ def mask_tokens(input_ids: torch.Tensor, tokenizer, mask_prob: float, generator:
 
 def _cache_key(paths: list[str | os.PathLike], tokenizer, seq_len: int, max_sequences: int | None) -> str:
     """Changes whenever the files (path, size, mtime), the tokenizer's vocabulary or the shape change."""
-    import hashlib
-    import json
-
     files = [[str(item)] if is_dataset(item) else
              [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in corpus_files([item])]
              for item in paths] if paths else "pydoc_data"
@@ -154,23 +142,15 @@ def _cache_key(paths: list[str | os.PathLike], tokenizer, seq_len: int, max_sequ
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:24]
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BORT_CACHE", Path.home() / ".cache" / "bort")) / "tokens"
-
-
 def cached_sequences(paths: Iterable[str | os.PathLike] | None, tokenizer, seq_len: int,
                      max_sequences: int | None = None, cache_dir: str | os.PathLike | None = None):
     """Packed rows of the corpus as a read-only int32 memory map [rows, seq_len], tokenised only once.
 
-    Rows are streamed to disk as they are produced, so neither tokenising nor training needs the
-    corpus in memory; the file is written under a temporary name and renamed when complete, so an
-    interrupted run never leaves a cache that looks whole. Returns a numpy memmap (index it, then
-    `torch.from_numpy(...)`).
-    """
-    import numpy as np
-
+    Rows are streamed to disk as they are produced, so neither tokenising nor training needs the corpus in memory; the
+    file is written under a temporary name and renamed when complete, so an interrupted run never leaves a cache that
+    looks whole. Returns a numpy memmap (index it, then `torch.from_numpy(...)`)."""
     paths = list(paths or [])
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    root = Path(cache_dir or Path(os.environ.get("BORT_CACHE", Path.home() / ".cache" / "bort")) / "tokens")
     key = _cache_key(paths, tokenizer, seq_len, max_sequences)
     data, meta = root / f"{key}.bin", root / f"{key}.json"
     if not meta.is_file():
@@ -178,39 +158,30 @@ def cached_sequences(paths: Iterable[str | os.PathLike] | None, tokenizer, seq_l
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BortError(f"cannot create the token cache {root}: {exc.strerror}; set BORT_CACHE") from None
-        tmp = root / f"{key}.bin.tmp{os.getpid()}"
-        rows, chunk = 0, []
+        tmp, rows = root / f"{key}.bin.tmp{os.getpid()}", 0
         try:
             with open(tmp, "wb") as out:
-                for row in iter_packed_rows(read_documents(paths), tokenizer, seq_len):
-                    chunk.append(row)
-                    rows += 1
-                    if len(chunk) >= 1024:
-                        out.write(np.asarray(chunk, dtype=np.int32).tobytes())
-                        chunk = []
-                    if max_sequences is not None and rows >= max_sequences:
-                        break
-                out.write(np.asarray(chunk, dtype=np.int32).tobytes())
-        except BaseException:  # a corpus that fails midway leaves no partial file behind
+                packed = itertools.islice(iter_packed_rows(read_documents(paths), tokenizer, seq_len), max_sequences)
+                while chunk := list(itertools.islice(packed, 1024)):
+                    out.write(np.asarray(chunk, dtype=np.int32).tobytes())
+                    rows += len(chunk)
+            if rows == 0:
+                raise BortError(f"the corpus is empty or shorter than one sequence of {seq_len} tokens; pass more text "
+                                "with --corpus")
+        except BaseException:  # a corpus that fails midway (or gives nothing) leaves no partial file behind
             tmp.unlink(missing_ok=True)
             raise
-        if rows == 0:
-            tmp.unlink()
-            raise BortError(f"the corpus is empty or shorter than one sequence of {seq_len} tokens; "
-                            "pass more text with --corpus")
         os.replace(tmp, data)
         io.write_json(meta, {"rows": rows, "seq_len": seq_len, "paths": [str(p) for p in paths]})
-    rows = io.read_json(meta)["rows"]
-    return np.memmap(data, dtype=np.int32, mode="r", shape=(rows, seq_len))
+    return np.memmap(data, dtype=np.int32, mode="r", shape=(io.read_json(meta)["rows"], seq_len))
 
 
 class BatchPlan:
     """Which rows, with which masks, each micro-step of each process sees: a pure function of the step.
 
-    The rows of optimizer step s are a seeded permutation per epoch over the training rows, sliced into global
-    batches; each row's mask is seeded from its global number. So the data a step sees depends only on
-    (seed, s), not on how many processes share it, and a resumed run sees what an uninterrupted one saw.
-    """
+    The rows of optimizer step s are a seeded permutation per epoch over the training rows, sliced into global batches;
+    each row's mask is seeded from its global number. So the data a step sees depends only on (seed, s), not on how
+    many processes share it, and a resumed run sees what an uninterrupted one saw."""
 
     def __init__(self, rows, tokenizer, batch_size: int, mask_prob: float, seed: int, eval_rows: int,
                  grad_accum: int = 1):
@@ -218,10 +189,9 @@ class BatchPlan:
             raise BortError(f"the corpus gives only {len(rows)} sequences; need more than the {eval_rows} held out "
                             "for evaluation (more text, a shorter --max-seq-len or fewer --eval-sequences)")
         self.rows, self.tokenizer, self.mask_prob, self.seed = rows, tokenizer, mask_prob, seed
-        self.batch_size, self.grad_accum = batch_size, grad_accum
+        self.batch_size, self.grad_accum, self._epoch, self._perm = batch_size, grad_accum, -1, None
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
         self.eval_index, self.train_index = order[:eval_rows], order[eval_rows:]
-        self._epoch, self._perm = -1, None
 
     def _row(self, g: int) -> int:
         epoch, pos = divmod(g, len(self.train_index))
@@ -232,8 +202,6 @@ class BatchPlan:
 
     def _masked(self, rows: list[int], keys: list[int], key: object) -> dict[str, object]:
         """Mask each row with a generator seeded by its own key, independent of batch composition."""
-        import numpy as np
-
         ids = torch.from_numpy(np.stack([np.asarray(self.rows[r]) for r in rows])).long()
         inputs, labels = [], []
         for row, row_key in zip(ids, keys, strict=True):

@@ -31,12 +31,23 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoModelForMaskedLM
 
 from bort.config import DistillConfig
 from bort.engine.distillation import DistillationObjective, Teacher
 from bort.errors import BortError
 
 LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
+# What each axis of a parameter indexes, by name suffix (no suffix ends another, so at most one matches)
+_DIMS = {"attention.self.query.weight": ("qk", "hid"), "attention.self.key.weight": ("qk", "hid"),
+         "attention.self.query.bias": ("qk",), "attention.self.key.bias": ("qk",),
+         "attention.self.value.weight": ("vo", "hid"), "attention.self.value.bias": ("vo",),
+         "attention.output.dense.weight": ("hid", "vo"), "intermediate.dense.weight": ("ffn", "hid"),
+         "intermediate.dense.bias": ("ffn",), "word_embeddings.weight": (None, "hid"),
+         "position_embeddings.weight": (None, "hid"), "token_type_embeddings.weight": (None, "hid"),
+         "decoder.weight": (None, "hid"), "predictions.bias": (None,), "lm_head.bias": (None,), "decoder.bias": (None,),
+         "transform.dense.weight": ("hid", "hid"), "lm_head.dense.weight": ("hid", "hid"),
+         "pooler.dense.weight": ("hid", "hid")}
 
 
 def choose_layers(source_layers: int, student_layers: int) -> list[int]:
@@ -59,8 +70,7 @@ def _head_units(src: dict[str, torch.Tensor], prefix: str, heads: int, src_heads
     """Rows of Q/K (first) and of V / columns of O (second) that the student's heads keep."""
     q, k, v = (src[f"{prefix}attention.self.{n}.weight"][:, hidden_idx] for n in ("query", "key", "value"))
     o = src[f"{prefix}attention.output.dense.weight"][hidden_idx]
-    width = q.shape[0]
-    d_src, d = width // src_heads, hidden_idx.numel() // heads
+    d_src, d = q.shape[0] // src_heads, hidden_idx.numel() // heads
     norms = lambda w: w.pow(2).sum(dim=1)  # noqa: E731 - per-row squared norm
     per_head = (norms(q) + norms(k) + norms(v) + o.pow(2).sum(dim=0)).view(src_heads, d_src).sum(dim=1)
     if d > d_src:
@@ -70,47 +80,24 @@ def _head_units(src: dict[str, torch.Tensor], prefix: str, heads: int, src_heads
         units = torch.cat([h * d_src + torch.arange(d_src) for h in whole.tolist()])[:hidden_idx.numel()]
         return units, units
     kept = _top(per_head, heads)
-    qk_score = (norms(q) * norms(k)).view(src_heads, d_src)
-    vo_score = (norms(v) * o.pow(2).sum(dim=0)).view(src_heads, d_src)
-    qk = torch.cat([h * d_src + _top(qk_score[h], d) for h in kept.tolist()])
-    vo = torch.cat([h * d_src + _top(vo_score[h], d) for h in kept.tolist()])
+    scores = (norms(q) * norms(k)).view(src_heads, d_src), (norms(v) * o.pow(2).sum(dim=0)).view(src_heads, d_src)
+    qk, vo = (torch.cat([h * d_src + _top(score[h], d) for h in kept.tolist()]) for score in scores)
     return qk, vo
 
 
 def _dims(name: str) -> tuple[str | None, ...]:
     """What each axis of a parameter indexes: 'hid' (residual), 'qk', 'vo', 'ffn', or None (kept whole)."""
-    if name.endswith(("attention.self.query.weight", "attention.self.key.weight")):
-        return ("qk", "hid")
-    if name.endswith(("attention.self.query.bias", "attention.self.key.bias")):
-        return ("qk",)
-    if name.endswith("attention.self.value.weight"):
-        return ("vo", "hid")
-    if name.endswith("attention.self.value.bias"):
-        return ("vo",)
-    if name.endswith("attention.output.dense.weight"):
-        return ("hid", "vo")
-    if name.endswith("intermediate.dense.weight"):
-        return ("ffn", "hid")
-    if name.endswith("intermediate.dense.bias"):
-        return ("ffn",)
+    if dims := next((d for suffix, d in _DIMS.items() if name.endswith(suffix)), None):
+        return dims
     if name.endswith("output.dense.weight") and ".layer." in f".{name}":
         return ("hid", "ffn")
-    if name.endswith(("word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight",
-                      "decoder.weight")):
-        return (None, "hid")
-    if name.endswith(("predictions.bias", "lm_head.bias", "decoder.bias")):
-        return (None,)
-    if name.endswith(("transform.dense.weight", "lm_head.dense.weight", "pooler.dense.weight")):
-        return ("hid", "hid")
     return ("hid",)  # LayerNorms, output and head biases: one value per residual unit
 
 
 @torch.no_grad()
 def slice_into(student: nn.Module, source: nn.Module) -> dict[str, object]:
-    """Copy a sliced sub-network of `source` into `student` (both stock BERT/RoBERTa models, base or MLM).
-
-    Returns what was chosen (layers, number of hidden units, heads kept per layer) for the model card.
-    """
+    """Copy a sliced sub-network of `source` into `student` (both stock BERT/RoBERTa models, base or MLM); returns
+    what was chosen (layers, number of hidden units, heads kept per layer) for the model card."""
     sc, tc = student.config, source.config
     shape = lambda c: (c.num_hidden_layers, c.num_attention_heads, c.hidden_size, c.intermediate_size)  # noqa: E731
     if any(s > t for s, t in zip(shape(sc), shape(tc), strict=True)) or sc.vocab_size != tc.vocab_size:
@@ -118,22 +105,18 @@ def slice_into(student: nn.Module, source: nn.Module) -> dict[str, object]:
                         f"the same vocabulary: student D,A,H,I={shape(sc)} vocab {sc.vocab_size}, source "
                         f"{shape(tc)} vocab {tc.vocab_size}; use --init random")
     if sc.model_type != tc.model_type:
-        raise BortError(f"--init source: student type '{sc.model_type}' differs from source "
-                        f"'{tc.model_type}'")
-    src = _relative(source.state_dict(), source.base_model_prefix)
-    dst = _relative(student.state_dict(), student.base_model_prefix)
+        raise BortError(f"--init source: student type '{sc.model_type}' differs from source '{tc.model_type}'")
+    src, dst = (_relative(model.state_dict(), model.base_model_prefix) for model in (source, student))
     hidden = _top(src["embeddings.word_embeddings.weight"].float().pow(2).sum(dim=0), sc.hidden_size)
     layers = choose_layers(tc.num_hidden_layers, sc.num_hidden_layers)
     index: dict[int, dict[str, torch.Tensor]] = {}
     for i, j in enumerate(layers):
         prefix = f"encoder.layer.{j}."
         qk, vo = _head_units(src, prefix, sc.num_attention_heads, tc.num_attention_heads, hidden)
-        w_in = src[f"{prefix}intermediate.dense.weight"][:, hidden]
-        w_out = src[f"{prefix}output.dense.weight"][hidden]
+        w_in, w_out = src[f"{prefix}intermediate.dense.weight"][:, hidden], src[f"{prefix}output.dense.weight"][hidden]
         ffn = _top(w_in.pow(2).sum(dim=1) * w_out.pow(2).sum(dim=0), sc.intermediate_size)
         index[i] = {"hid": hidden, "qk": qk, "vo": vo, "ffn": ffn}
-    d_src = tc.hidden_size // tc.num_attention_heads
-    d = sc.hidden_size // sc.num_attention_heads
+    d_src, d = tc.hidden_size // tc.num_attention_heads, sc.hidden_size // sc.num_attention_heads
     copied = 0
     for name, target in dst.items():
         match = LAYER.match(name)
@@ -175,8 +158,6 @@ def student_objective(arch: Any, teacher: Teacher, config: DistillConfig, seed: 
     """A fresh MLM-shaped student of config `arch` inside the distillation objective: at random, or sliced from
     `source` (default: the teacher) with `config.init == "source"`; sliced from the teacher, its projection
     starts as the slice's inverse. The search's candidates and `bort pretrain` are both made here."""
-    from transformers import AutoModelForMaskedLM
-
     torch.manual_seed(seed)
     objective = DistillationObjective(AutoModelForMaskedLM.from_config(arch), teacher, config, cache)
     if config.init != "source":

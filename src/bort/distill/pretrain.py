@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from bort import io
 from bort.config import PretrainConfig
 from bort.distill.data import BatchPlan, cached_sequences, check_corpus
@@ -24,6 +22,7 @@ from bort.engine.loop import Engine
 from bort.errors import BortError
 from bort.families.base import parse_arch
 from bort.families.bert import BertFamily
+from bort.speed.latency import cpu_latency
 
 ARCH_TEXT = re.compile(r"^\s*\d+\s*(,\s*\d+\s*){3}$")
 LATENCY_SHAPE = (1, 128)  # batch, sequence length of the model card's CPU latency
@@ -65,10 +64,8 @@ def resolve_arch(arch: str | os.PathLike | tuple[int, ...] | Any, source: str | 
     if isinstance(arch, tuple | list) or ARCH_TEXT.match(str(arch)):
         family = BertFamily(source)
         return family.config(parse_arch(family, arch if isinstance(arch, str) else tuple(arch)))
-    if Path(str(arch)).expanduser().exists():
-        config = io.load_config(Path(str(arch)).expanduser())
-        BertFamily(config)  # checks the model type is BERT-shaped
-        return config
+    if (path := Path(str(arch)).expanduser()).exists():
+        return BertFamily(io.load_config(path)).source_config  # BertFamily checks the model type is BERT-shaped
     raise BortError(f"--arch '{arch}' is neither an existing folder or config.json nor D,A,H,I (e.g. 4,8,256,512)")
 
 
@@ -85,9 +82,8 @@ def model_card(result: PretrainResult) -> tuple[dict[str, Any], str]:
             "```python\nfrom transformers import AutoModel, AutoTokenizer\n"
             "model = AutoModel.from_pretrained(\"<this folder>\")\n"
             "tokenizer = AutoTokenizer.from_pretrained(\"<this folder>\")\n```\n")
-    meta = {"library_name": "transformers", "pipeline_tag": "fill-mask", "tags": ["bort", "distillation"],
-            "bort": {k: v for k, v in result.to_dict().items() if k != "output"}}
-    return meta, body
+    return {"library_name": "transformers", "pipeline_tag": "fill-mask", "tags": ["bort", "distillation"],
+            "bort": {k: v for k, v in result.to_dict().items() if k != "output"}}, body
 
 
 def pretrain(config: PretrainConfig) -> PretrainResult:
@@ -96,8 +92,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     check_corpus(corpus)
     teacher = load_teacher(config.teacher)
     config.check_weights(teacher.has_mlm_head)
-    source = config.source if config.source is not None else teacher.name
-    arch = resolve_arch(config.arch, source)
+    arch = resolve_arch(config.arch, config.source if config.source is not None else teacher.name)
     vocab = teacher.model.config.vocab_size
     if arch.vocab_size != vocab or len(teacher.tokenizer) > arch.vocab_size:
         raise BortError(f"the architecture's vocabulary ({arch.vocab_size}) does not match the teacher's ({vocab}, "
@@ -110,9 +105,8 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     if config.eval_sequences < world:
         raise BortError(f"--eval-sequences {config.eval_sequences} is fewer than the {world} processes; every process "
                         f"scores a share of the held-out rows: use at least {world}")
-    source_model = None
-    if config.init == "source" and config.source is not None and str(config.source) != teacher.name:
-        source_model = io.load_model(config.source)
+    slice_source = config.init == "source" and config.source is not None and str(config.source) != teacher.name
+    source_model = io.load_model(config.source) if slice_source else None
     output = io.prepare_output(config.output, "pretrain", config.resume, config.overwrite,
                                (config.teacher, config.source, config.arch, *corpus))
     if not io.is_main():
@@ -126,25 +120,20 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     shape = family.maximum()
     fingerprint = {**config.identity(), "arch": list(shape), "model_type": arch.model_type, "vocab": arch.vocab_size,
                    "teacher": teacher.name, "corpus": corpus, "rows": int(rows.shape[0]), "world_size": world}
-    engine = Engine(objective, plan, config, output, fingerprint, plan.eval_batches, desc="pretrain",
-                    progress=config.progress)
-    trained = engine.run(resume=config.resume)
+    trained = Engine(objective, plan, config, output, fingerprint, plan.eval_batches, desc="pretrain",
+                     progress=config.progress).run(resume=config.resume)
     cost = family.cost(shape)
     result = PretrainResult(
         output=output, architecture=dict(zip(family.param_names, shape, strict=True)), model_type=arch.model_type,
-        params=cost.params, effective_params=cost.effective_params, teacher=teacher.name,
-        distillation="logits (Bort recipe)" if teacher.has_mlm_head else "hidden states",
-        corpus=corpus or ["pydoc_data (Python's documentation)"], sequences=int(rows.shape[0]), init=config.init,
-        init_slicing=sliced, steps=config.max_steps, batch_size=config.batch_size * config.grad_accum * world,
-        processes=world, train=trained.train, eval=trained.eval, tokens_per_s=trained.tokens_per_s,
-        seconds=trained.seconds, settings=config.to_dict())
+        params=cost.params, effective_params=cost.effective_params, teacher=teacher.name, processes=world,
+        distillation="logits (Bort recipe)" if teacher.has_mlm_head else "hidden states", init=config.init,
+        corpus=corpus or ["pydoc_data (Python's documentation)"], sequences=int(rows.shape[0]), init_slicing=sliced,
+        steps=config.max_steps, batch_size=config.batch_size * config.grad_accum * world, train=trained.train,
+        eval=trained.eval, tokens_per_s=trained.tokens_per_s, seconds=trained.seconds, settings=config.to_dict())
     if io.is_main():
         student = objective.student
         if config.measure_latency:
-            from bort.speed.latency import cpu_latency
-
-            ids = torch.randint(5, arch.vocab_size, (LATENCY_SHAPE[0], min(LATENCY_SHAPE[1], family.max_seq_len)),
-                                generator=torch.Generator().manual_seed(0))
+            ids = family.example_input(shape, LATENCY_SHAPE[0], min(LATENCY_SHAPE[1], family.max_seq_len))["input_ids"]
             result.latency = cpu_latency(student.base_model, {"input_ids": ids})
         with io.writing(output / "model.safetensors"):
             student.save_pretrained(output)

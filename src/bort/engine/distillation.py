@@ -1,15 +1,13 @@
 """The distillation objective: what `bort pretrain` trains and what the search's surrogate error ê measures.
 
 One definition serves both, so the FPTAS ranks architectures by the loss pre-training will optimise.
-- Teacher with an MLM head (BERT, RoBERTa checkpoints), Bort's recipe over the masked positions:
-  mlm_weight · masked-LM cross-entropy + kd_weight · T² · KL(teacher ‖ student) between temperature-softened
-  distributions. (The original MXNet code fed probabilities where log-probabilities were expected; here both
-  sides are proper log-probabilities.)
-- Teacher without one (e.g. a sentence-embedding model): hidden_weight · distance between the student's last
-  hidden state, through a learned projection to the teacher's width, and the teacher's (MSE normalised by the
-  teacher's variance, so 1.0 = "no better than the mean vector", or cosine distance), plus the cosine distance
-  of the pooled [CLS] outputs (so the saved pooler is trained) and mlm_weight · the student's masked-LM
-  cross-entropy.
+- Teacher with an MLM head (BERT, RoBERTa checkpoints), Bort's recipe over the masked positions: mlm_weight · masked-LM
+  cross-entropy + kd_weight · T² · KL(teacher ‖ student) between temperature-softened distributions. (The original MXNet
+  code fed probabilities where log-probabilities were expected; here both sides are proper log-probabilities.)
+- Teacher without one (e.g. a sentence-embedding model): hidden_weight · distance between the student's last hidden
+  state, through a learned projection to the teacher's width, and the teacher's (MSE normalised by the teacher's
+  variance, so 1.0 = "no better than the mean vector", or cosine distance), plus the cosine distance of the pooled [CLS]
+  outputs (so the saved pooler is trained) and mlm_weight · the student's masked-LM cross-entropy.
 - attention_weight > 0 adds MiniLMv2 self-attention relations of the last layer, for either teacher.
 Vocabulary logits are computed only at the masked positions (15% of the vocabulary-sized work).
 """
@@ -76,16 +74,13 @@ def attention_relations(student_qkv: tuple[torch.Tensor, ...], teacher_qkv: tupl
                         relation_heads: int) -> torch.Tensor:
     """MiniLMv2: KL(teacher ‖ student) of softmax(x xᵀ / √d_r) for x = Q, K, V, split into `relation_heads`
     heads of width d_r (neither model's head count), so widths and head counts may differ."""
-    terms = []
-    for student, teacher in zip(student_qkv, teacher_qkv, strict=True):
-        relations = []
-        for x in (student.float(), teacher.float()):
-            batch, seq, width = x.shape
-            heads = x.view(batch, seq, relation_heads, width // relation_heads).transpose(1, 2)
-            scores = heads @ heads.transpose(-1, -2) / (width // relation_heads) ** 0.5
-            relations.append(F.log_softmax(scores, dim=-1).flatten(0, 2))
-        terms.append(F.kl_div(relations[0], relations[1], log_target=True, reduction="batchmean"))
-    return torch.stack(terms).mean()
+    def relations(x: torch.Tensor) -> torch.Tensor:
+        batch, seq, width = x.shape
+        heads = x.float().view(batch, seq, relation_heads, width // relation_heads).transpose(1, 2)
+        return F.log_softmax(heads @ heads.transpose(-1, -2) / (width // relation_heads) ** 0.5, dim=-1).flatten(0, 2)
+
+    return torch.stack([F.kl_div(relations(s), relations(t), log_target=True, reduction="batchmean")
+                        for s, t in zip(student_qkv, teacher_qkv, strict=True)]).mean()
 
 
 def mlm_head(model: nn.Module) -> nn.Module:
@@ -121,26 +116,23 @@ def add_pooler(student: nn.Module) -> None:
 
 
 class DistillationObjective(nn.Module):
-    """An MLM-shaped student (with a pooler) plus, for hidden-state teachers, a learned projection to the
-    teacher's width; returns the loss terms of `config` against the teacher. Only this module is trained.
+    """An MLM-shaped student (with a pooler) plus, for hidden-state teachers, a learned projection to the teacher's
+    width; returns the loss terms of `config` against the teacher. Only this module is trained.
 
-    `cache` (a dict shared across students) keeps the teacher's encoder outputs per batch key: the search
-    trains many candidates on the same batches and pays the teacher once.
-    """
+    `cache` (a dict shared across students) keeps the teacher's encoder outputs per batch key: the search trains many
+    candidates on the same batches and pays the teacher once."""
 
     def __init__(self, student: nn.Module, teacher: Teacher, config: DistillConfig, cache: dict | None = None):
         super().__init__()
         add_pooler(student)
-        self.student, self.config, self.cache = student, config, cache
+        self.student, self.config, self.cache, self.has_mlm_head = student, config, cache, teacher.has_mlm_head
         self.__dict__["teacher"] = teacher.model  # not a submodule: neither trained nor saved
-        self.has_mlm_head = teacher.has_mlm_head
         self.__dict__["teacher_pooler"] = None if teacher.has_mlm_head else getattr(teacher.model.base_model,
                                                                                     "pooler", None)
         self.projection = None if teacher.has_mlm_head else nn.Linear(student.config.hidden_size, teacher.hidden_size)
         self.relation_heads = math.gcd(teacher.model.config.num_attention_heads, student.config.hidden_size)
         # parameters some steps do not reach (an untrained MLM head, a pooler without a target) need DDP's search
-        self.find_unused_parameters = self.teacher_pooler is None or (not self.has_mlm_head and
-                                                                       config.mlm_weight == 0)
+        self.find_unused_parameters = self.teacher_pooler is None or (not self.has_mlm_head and config.mlm_weight == 0)
 
     @torch.no_grad()
     def targets(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -188,5 +180,4 @@ class DistillationObjective(nn.Module):
         if config.attention_weight:
             terms["attention"] = attention_relations(tuple(qkv), targets["qkv"], self.relation_heads)
             loss = loss + config.attention_weight * terms["attention"]
-        terms["loss"] = loss
-        return terms
+        return {**terms, "loss": loss}

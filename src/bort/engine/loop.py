@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from transformers import get_linear_schedule_with_warmup
 
 from bort import io
 from bort.config import TrainConfig
@@ -47,15 +48,12 @@ class TrainResult:
 
 def make_accelerator(mixed_precision: str = "auto", find_unused: bool = False):
     """One Accelerator per run; CPU runs stay in fp32 (mixed precision there is slower and less exact)."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs
 
     gpu = torch.cuda.is_available()
-    precision = mixed_precision
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else "no"
-    precision = precision if gpu else "no"
+    auto = "bf16" if gpu and torch.cuda.is_bf16_supported() else "fp16"
+    precision = (auto if mixed_precision == "auto" else mixed_precision) if gpu else "no"
     if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
         AcceleratorState._reset_state()  # accelerate keeps one precision per process; this run asks for another
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=find_unused)]
@@ -74,10 +72,9 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 class Engine:
     """Trains `objective` on `batches` for `config.max_steps` optimizer steps.
 
-    With `output`, it logs to output/metrics.jsonl and checkpoints to output/checkpoints (refusing to resume
-    from one whose `fingerprint` differs). `local=True` trains in this process only, even under a launcher
-    (the search gives each process its own arms). `eval_batches(rank, world)` yields held-out batches.
-    """
+    With `output`, it logs to output/metrics.jsonl and checkpoints to output/checkpoints (refusing to resume from one
+    whose `fingerprint` differs). `local=True` trains in this process only, even under a launcher (the search gives
+    each process its own arms). `eval_batches(rank, world)` yields held-out batches."""
 
     def __init__(self, objective: nn.Module, batches: BatchSource, config: TrainConfig, output: Path | None = None,
                  fingerprint: dict[str, Any] | None = None,
@@ -85,8 +82,7 @@ class Engine:
                  desc: str = "train", progress: bool = True):
         self.objective, self.batches, self.config = objective, batches, config
         self.output, self.eval_batches, self.local = output, eval_batches, local
-        self.fingerprint = io.strict_json(fingerprint or {})
-        self.desc, self.progress, self.acc = desc, progress, None
+        self.fingerprint, self.desc, self.progress, self.acc = io.strict_json(fingerprint or {}), desc, progress, None
 
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -101,10 +97,9 @@ class Engine:
     def _to_device(self, batch: Batch) -> Batch:
         return {k: v.to(self.acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
-    def _mean(self, values: torch.Tensor) -> torch.Tensor:
-        return values if self.local else self.acc.reduce(values, reduction="mean")
+    def _reduce(self, values: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return values if self.local else self.acc.reduce(values, reduction=reduction)
 
-    # -- checkpoints and logs ---------------------------------------------------------------------------------
     def _resume(self, resume: bool, optimizer, scheduler) -> int:
         found = io.checkpoints(self.checkpoint_dir) if self.output is not None else []
         if found and not resume:
@@ -127,18 +122,10 @@ class Engine:
                                 "train": train, "eval": last_eval})
         self.acc.wait_for_everyone()
 
-    def _open_logs(self, start: int) -> None:
-        """Keep only the records up to the resumed step, so the log reads as one uninterrupted run."""
-        if not self._main():
-            return
-        path = self.output / "metrics.jsonl"
-        io.rewrite_jsonl(path, [r for r in io.read_jsonl(path) if start and r.get("step", 0) <= start])
-
     def _log(self, record: dict[str, Any]) -> None:
         if self._main():
             io.append_jsonl(self.output / "metrics.jsonl", record)
 
-    # -- evaluation and the loop ------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Mean loss terms over the held-out batches (each process scores its share)."""
@@ -159,18 +146,14 @@ class Engine:
                 sums[key] = sums.get(key, 0) + value.detach().float() * rows
             count += rows
         model.train()
-        keys = sorted(sums)
-        if not keys:
+        if not (keys := sorted(sums)):
             return {}
-        totals = torch.stack([sums[k] for k in keys] + [count])
-        totals = totals if self.local else self.acc.reduce(totals, reduction="sum")
+        totals = self._reduce(torch.stack([sums[k] for k in keys] + [count]), "sum")
         return {k: float(v / totals[-1]) for k, v in zip(keys, totals[:-1], strict=True)}
 
     def run(self, resume: bool = False, on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
         """Train to `max_steps` (from the last checkpoint with `resume`). `on_step(step, terms)` is called after
         every optimizer step (tests use it to interrupt a run)."""
-        from transformers import get_linear_schedule_with_warmup
-
         config, objective = self.config, self.objective
         self.acc = acc = make_accelerator(config.mixed_precision, getattr(objective, "find_unused_parameters", False))
         total = config.max_steps
@@ -180,15 +163,15 @@ class Engine:
         scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps(total), total)
         self._scaler_state, self._last = None, ({}, {})
         start = self._resume(resume, optimizer, scheduler)
-        if self.local:
-            model, optimizer = acc.prepare_model(objective, evaluation_mode=True), acc.prepare_optimizer(optimizer)
-        else:
-            model, optimizer = acc.prepare(objective, optimizer)
+        model, optimizer = ((acc.prepare_model(objective, evaluation_mode=True), acc.prepare_optimizer(optimizer))
+                            if self.local else acc.prepare(objective, optimizer))
         if acc.scaler is not None and self._scaler_state:
             acc.scaler.load_state_dict(self._scaler_state)
         if getattr(objective, "teacher", None) is not None:
             objective.teacher.to(acc.device)
-        self._open_logs(start)
+        if self._main():  # keep only the records up to the resumed step, so the log reads as one uninterrupted run
+            path = self.output / "metrics.jsonl"
+            io.rewrite_jsonl(path, [r for r in io.read_jsonl(path) if start and r.get("step", 0) <= start])
         rank, world = self._where()
         bar = io.progress_bar(total, self.desc, self.progress and acc.is_main_process, initial=start, unit="step")
         if config.eval_every and start == 0 and self.eval_batches is not None:
@@ -196,7 +179,7 @@ class Engine:
         began, train_seconds, tokens = time.perf_counter(), 0.0, 0
         terms_out, last_eval = self._last  # a run resumed at its end reports what it ended with
         model.train()
-        try:
+        with bar:
             for step in range(start, total):
                 tick, step_tokens = time.perf_counter(), 0
                 sums: dict[str, torch.Tensor] = {}
@@ -212,7 +195,7 @@ class Engine:
                     for key, value in terms.items():
                         sums[key] = sums.get(key, 0) + value.detach().float() / config.grad_accum
                 keys = sorted(sums)
-                means = dict(zip(keys, self._mean(torch.stack([sums[k] for k in keys])).tolist(), strict=True))
+                means = dict(zip(keys, self._reduce(torch.stack([sums[k] for k in keys])).tolist(), strict=True))
                 if not math.isfinite(means["loss"]):
                     raise self._diverged(means["loss"], step + 1)
                 norm = acc.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -237,13 +220,10 @@ class Engine:
                 if config.eval_every and (done % config.eval_every == 0 or done == total):
                     last_eval = self.evaluate()
                     self._log({"kind": "eval", "step": done, **last_eval})
-                if self.output is not None and ((config.save_every and done % config.save_every == 0)
-                                                or done == total):
+                if self.output is not None and ((config.save_every and done % config.save_every == 0) or done == total):
                     self._save(done, optimizer, scheduler, terms_out, last_eval)
                 if on_step is not None:
                     on_step(done, terms_out)
-        finally:
-            bar.close()
         return TrainResult(steps=total, train=terms_out, eval=last_eval, seconds=round(time.perf_counter() - began, 2),
                            tokens_per_s=round(tokens / train_seconds, 1) if train_seconds else None)
 

@@ -14,15 +14,11 @@ class TaskObjective(nn.Module):
 
     def __init__(self, model: nn.Module, regression: bool):
         super().__init__()
-        self.model, self.regression = model, regression
-        self.teacher = None
+        self.model, self.regression, self.teacher = model, regression, None
 
     def targets(self, batch: dict[str, Any]) -> None:
         return None
 
     def forward(self, batch: dict[str, Any], targets: Any = None) -> dict[str, torch.Tensor]:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = self.model(**inputs).logits.float()
-        if self.regression:
-            return {"loss": F.mse_loss(logits.squeeze(-1), batch["labels"].float())}
-        return {"loss": F.cross_entropy(logits, batch["labels"])}
+        logits, y = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float(), batch["labels"]
+        return {"loss": F.mse_loss(logits[:, 0], y.float()) if self.regression else F.cross_entropy(logits, y)}

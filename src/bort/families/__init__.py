@@ -7,9 +7,8 @@ from bort.families.mlp import MLPFamily
 
 def resolve_family(family: str | Family = "bert", source=None) -> Family:
     """A family instance: `bert` takes its shape from `source` (default: the embedded MiniLM)."""
-    if not isinstance(family, str):
-        return family
-    return get_family(family, source=source) if family == "bert" else get_family(family)
+    options = {"source": source} if family == "bert" else {}
+    return get_family(family, **options) if isinstance(family, str) else family
 
 
 __all__ = ["Arch", "BertFamily", "Cost", "Family", "MLPFamily", "Space", "family_names", "get_family", "parse_arch",

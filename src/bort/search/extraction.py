@@ -14,21 +14,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+import transformers
+
+import bort
 from bort import io
 from bort.config import ExtractConfig, parse_theta
 from bort.errors import BortError
 from bort.families import Family, Space, resolve_family
+from bort.report import plot_pareto, write_candidates_csv
 from bort.search.fptas import FPTAS, Candidate, Constraints, SearchResult
 from bort.search.store import ResultsStore
 from bort.search.surrogate import THETA_KEYS, Surrogate, default_surrogate
+from bort.speed.latency import LatencyCache, hardware_id, time_call
 
 log = logging.getLogger("bort")
 
 # The Bort article's grid over BERT-large (de Wynter & Perry 2020).
-BUILTIN_SPACES = {
-    "bort-paper": {"D": [2, 4, 6, 8, 10, 12], "A": [4, 8, 12, 16], "H": [512, 768, 1024],
-                   "I": [256, 512, 768, 1024, 3072]},
-}
+BUILTIN_SPACES = {"bort-paper": {"D": [2, 4, 6, 8, 10, 12], "A": [4, 8, 12, 16], "H": [512, 768, 1024],
+                                  "I": [256, 512, 768, 1024, 3072]}}
 
 
 @dataclass
@@ -67,8 +71,7 @@ def load_space(family: Family, space: str | dict | os.PathLike | None) -> Space:
             raise BortError(f"--space file {path} must map each parameter name to a list of values")
     result = Space.of(family, values)
     for name, top in zip(family.param_names, family.maximum(), strict=True):
-        above = [v for v in result.values[name] if v > top]
-        if above:
+        if above := [v for v in result.values[name] if v > top]:
             raise BortError(f"space value {name}={above[0]} is above the source's {name}={top}; a sub-architecture "
                             "cannot be larger than its source")
     return result
@@ -78,29 +81,23 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
             ) -> ExtractionResult:
     """Find the W-optimal sub-architecture of `config.source` and write the results to `config.output`.
 
-    `surrogate` may be any callable (arch, theta, steps, seed) -> ê > 0; by default the family's registered
-    surrogate is used (`bert`: each candidate distilled from the teacher as `bort pretrain` would; `mlp`: a
-    regression of its maximum point).
-    """
+    `surrogate` may be any callable (arch, theta, steps, seed) -> ê > 0; by default the family's registered surrogate
+    is used (`bert`: each candidate distilled from the teacher as `bort pretrain` would; `mlp`: a regression of its
+    maximum point)."""
     fam = family or resolve_family(config.family, config.source)
     space = load_space(fam, config.space)
-    points = space.points(fam)
-    if not points:
+    if not (points := space.points(fam)):
         reasons = "; ".join(f"{n} x {r}" for r, n in space.invalid.items())
         raise BortError(f"the space has no valid architecture ({reasons}); fix --space")
     thetas = [{k: point.get(k, getattr(config, k)) for k in THETA_KEYS}
               for point in parse_theta(config.theta, config, THETA_KEYS)]
     if config.resume and not config.output:
         raise BortError("--resume needs --output: the folder of the run to continue")
-    rank, world = io.process()
-    started = time.perf_counter()
+    (rank, world), started = io.process(), time.perf_counter()
     if surrogate is None:
         surrogate = default_surrogate(fam, config)  # loads the teacher and the corpus: bad input fails here
-    teacher_name = getattr(surrogate, "teacher_name", None)
-    latency = None
+    teacher_name, latency = getattr(surrogate, "teacher_name", None), None
     if config.speed == "measured" or config.max_latency_ms is not None:
-        from bort.speed.latency import LatencyCache
-
         # one process times every candidate (processes timing at once would slow each other down and disagree)
         cache, shape = LatencyCache(), (config.latency_batch_size, config.latency_seq_len)
         latency = io.broadcast({a: cache.measure(fam, a, *shape) for a in [*points, fam.maximum()]}
@@ -128,11 +125,9 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
              f"|B| = {config.batch_size}x{config.max_seq_len}; rungs (steps x arms, at most): "
              f"{' -> '.join(f'{s}x{a}' for s, a in search.rungs)}; {search.planned_steps} training steps at most, "
              f"predicted ~{predicted / 60:.1f} min" + (f" over {world} processes" if world > 1 else ""))
-    bar = io.progress_bar(None, "extract", config.progress and rank == 0, unit="step")
-    try:
+    with io.progress_bar(None, "extract", config.progress and rank == 0, unit="step") as bar:
         result = search.run(store, bar, rank, world, io.gather)
-        seconds = time.perf_counter() - started
-        check = None
+        seconds, check = time.perf_counter() - started, None
         if config.check_factor and rank == 0:
             log.info(f"approximation check: {len(result.finalists) * len(thetas)} finalist arms x "
                      f"{config.check_factor * search.steps} steps")
@@ -140,8 +135,6 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
             t0 = time.perf_counter()
             check = search.recheck(store, result, config.check_factor, bar)
             check["seconds"] = round(time.perf_counter() - t0, 1)
-    finally:
-        bar.close()
     result.space_size, result.invalid = space.size, dict(space.invalid)
     summary = summarize(fam, result, settings, predicted, seconds, world)
     if check is not None:
@@ -161,27 +154,19 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
 def predict_seconds(fam: Family, search: FPTAS, config: ExtractConfig) -> float:
     """The planned schedule's time, calibrated by timing the surrogate on the median-cost candidate.
 
-    One untimed warm-up run, then runs of 1 and 3 steps give a per-step and a per-arm (build and held-out
-    evaluation) time, which are scaled to every rung by the operation count. Later rungs are assumed to keep
-    the cheapest candidates (W favours them); the run reports its real time beside this.
-    """
+    One untimed warm-up run, then runs of 1 and 3 steps give a per-step and a per-arm (build and held-out evaluation)
+    time, which are scaled to every rung by the operation count. Later rungs are assumed to keep the cheapest
+    candidates (W favours them); the run reports its real time beside this."""
     ops = sorted((fam.cost(c.arch, config.batch_size, config.max_seq_len).ops, c.arch) for c in search.pool)
-    probe_ops, probe = ops[len(ops) // 2]
-    theta = search.thetas[0]
-    search.surrogate(probe, theta, 1, 0)  # warm-up: caches the teacher's outputs for the first batches
-
-    def timed(steps: int) -> float:
-        start = time.perf_counter()
-        search.surrogate(probe, theta, steps, 0)
-        return time.perf_counter() - start
-
-    one, three = timed(1), timed(3)
+    (probe_ops, probe), theta = ops[len(ops) // 2], search.thetas[0]
+    # seconds; the untimed warm-up run caches the teacher's outputs for the first batches
+    one = time_call(lambda: search.surrogate(probe, theta, 1, 0), repeats=1, warmup=1)[0] / 1000
+    three = time_call(lambda: search.surrogate(probe, theta, 3, 0), repeats=1, warmup=0)[0] / 1000
     per_step, per_arm = max(three - one, 0.0) / 2, max(one - max(three - one, 0.0) / 2, 0.0)
     seconds = 0.0
     for steps, arms in search.rungs:
         cheapest = [o for o, _ in ops[:max(1, arms // len(search.thetas))]]
-        scale = sum(cheapest) / len(cheapest) / probe_ops
-        seconds += arms * scale * (steps * per_step + per_arm)
+        seconds += arms * (sum(cheapest) / len(cheapest) / probe_ops) * (steps * per_step + per_arm)
     return seconds
 
 
@@ -192,44 +177,30 @@ def candidate_summary(c: Candidate, names, maximum: Candidate | None = None) -> 
     if maximum is not None:
         out["ratios_to_source"] = {
             "params": c.params / maximum.params, "effective_params": c.effective_params / maximum.effective_params,
-            "ops": c.ops / maximum.ops,
-            "latency": None if c.latency_ms is None else c.latency_ms / maximum.latency_ms}
+            "ops": c.ops / maximum.ops, "latency": None if c.latency_ms is None else c.latency_ms / maximum.latency_ms}
     return out
 
 
 def summarize(fam: Family, result: SearchResult, settings: dict[str, Any], predicted: float, seconds: float,
               world: int) -> dict[str, Any]:
-    import torch
-    import transformers
-
-    import bort
-    from bort.speed.latency import hardware_id
-
     names = fam.param_names
-    return {
-        "chosen": candidate_summary(result.constrained or result.chosen, names, result.maximum),
-        "unconstrained_optimum": candidate_summary(result.chosen, names, result.maximum),
-        "constrained": result.constrained is not None,
-        "source": candidate_summary(result.maximum, names),
-        "epsilon": settings["epsilon"], "n": result.steps, "thetas": settings["thetas"],
-        "rungs": [{"steps": s, "arms": a} for s, a in result.rungs],
-        "space_size": result.space_size, "invalid": result.invalid, "candidates": len(result.candidates),
-        "dominated_out": result.dominated_out,
-        "planned_steps": result.planned_steps, "trained_steps": result.trained_steps,
-        "predicted_seconds": round(predicted, 1), "seconds": round(seconds, 1), "processes": world,
-        "settings": settings,
-        "versions": {"bort": bort.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
-        "hardware": {"id": hardware_id(), "threads": torch.get_num_threads()},
-    }
+    return {"chosen": candidate_summary(result.constrained or result.chosen, names, result.maximum),
+            "unconstrained_optimum": candidate_summary(result.chosen, names, result.maximum),
+            "constrained": result.constrained is not None, "source": candidate_summary(result.maximum, names),
+            "epsilon": settings["epsilon"], "n": result.steps, "thetas": settings["thetas"],
+            "rungs": [{"steps": s, "arms": a} for s, a in result.rungs], "space_size": result.space_size,
+            "invalid": result.invalid, "candidates": len(result.candidates), "dominated_out": result.dominated_out,
+            "planned_steps": result.planned_steps, "trained_steps": result.trained_steps,
+            "predicted_seconds": round(predicted, 1), "seconds": round(seconds, 1), "processes": world,
+            "settings": settings,
+            "versions": {"bort": bort.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                         "python": platform.python_version()},
+            "hardware": {"id": hardware_id(), "threads": torch.get_num_threads()}}
 
 
 def write_outputs(out: Path, fam: Family, result: SearchResult, summary: dict[str, Any],
                   teacher_name: str | None) -> None:
-    """candidates.csv, result.json, pareto.png and chosen/ (the family's saved architecture, with the teacher's
-    tokenizer)."""
-    from bort.report import plot_pareto, write_candidates_csv
-
+    """candidates.csv, result.json, pareto.png and chosen/ (the family's saved architecture, teacher's tokenizer)."""
     write_candidates_csv(out / "candidates.csv", result.candidates, fam.param_names)
     io.write_json(out / "result.json", summary)
     plot_pareto(out / "pareto.png", result.candidates, result.chosen, result.constrained,

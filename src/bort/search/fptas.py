@@ -5,12 +5,11 @@
 3. Train every (candidate, θ) arm for a bounded budget and measure its surrogate error ê(ξ).
 4. W(ξ) = [(p(T) - p(ξ)) / p(T)] * [(i(T) - i(ξ)) / i(T)] / ê(ξ), best over Θ; choose the maximum.
 
-The per-candidate budget is n(ε) = ceil(STEPS_PER_INVERSE_EPSILON / ε) steps. The paper trains every
-arm for n(ε) steps, O(|Ξ| + |Ξ'||Θ| n(ε) |B|) in all. By default we add successive halving: all arms
-get n/η^k steps, the best 1/η by W go on to η times more, until the survivors get the full n(ε). Arms
-are retrained from scratch at each rung with the same seed, so an arm's ê depends only on (arch, θ,
-steps, seed): that is what makes a resumed or multi-process run give exactly an uninterrupted run's
-results. `halving=False` gives the paper's plain schedule.
+The per-candidate budget is n(ε) = ceil(STEPS_PER_INVERSE_EPSILON / ε) steps. The paper trains every arm for n(ε) steps,
+O(|Ξ| + |Ξ'||Θ| n(ε) |B|) in all. By default we add successive halving: all arms get n/η^k steps, the best 1/η by W go
+on to η times more, until the survivors get the full n(ε). Arms are retrained from scratch at each rung with the same
+seed, so an arm's ê depends only on (arch, θ, steps, seed): that is what makes a resumed or multi-process run give
+exactly an uninterrupted run's results. `halving=False` gives the paper's plain schedule.
 """
 
 from __future__ import annotations
@@ -38,10 +37,8 @@ def steps_for_epsilon(epsilon: float) -> int:
 
 
 def rung_schedule(steps: int, arms: int, eta: int = 3, halving: bool = True) -> list[tuple[int, int]]:
-    """[(steps, arms)] per rung, cheapest first; the last rung trains its arms for the full `steps`.
-
-    Rungs are added while the cheapest one still gets MIN_RUNG_STEPS steps and the last keeps >= η arms.
-    """
+    """[(steps, arms)] per rung, cheapest first; the last rung trains its arms for the full `steps`. Rungs are added
+    while the cheapest one still gets MIN_RUNG_STEPS steps and the last keeps >= η arms."""
     levels = 1
     if halving:
         while math.ceil(steps / eta**levels) >= MIN_RUNG_STEPS and math.ceil(arms / eta**levels) >= eta:
@@ -50,8 +47,7 @@ def rung_schedule(steps: int, arms: int, eta: int = 3, halving: bool = True) -> 
 
 
 def arm_seed(seed: int, arch: Arch, theta: int) -> int:
-    digest = hashlib.sha256(f"{seed}|{','.join(map(str, arch))}|{theta}".encode()).hexdigest()
-    return int(digest[:8], 16)
+    return int(hashlib.sha256(f"{seed}|{','.join(map(str, arch))}|{theta}".encode()).hexdigest()[:8], 16)
 
 
 @dataclass
@@ -64,11 +60,9 @@ class Constraints:
         return any(v is not None for v in (self.max_params, self.max_effective_params, self.max_latency_ms))
 
     def allows(self, c: Candidate) -> bool:
-        if self.max_params is not None and c.params > self.max_params:
-            return False
-        if self.max_effective_params is not None and c.effective_params > self.max_effective_params:
-            return False
-        return self.max_latency_ms is None or (c.latency_ms is not None and c.latency_ms <= self.max_latency_ms)
+        return ((self.max_params is None or c.params <= self.max_params)
+                and (self.max_effective_params is None or c.effective_params <= self.max_effective_params)
+                and (self.max_latency_ms is None or (c.latency_ms is not None and c.latency_ms <= self.max_latency_ms)))
 
 
 @dataclass(eq=False)
@@ -106,9 +100,7 @@ class SearchResult:
 
 
 def w_coefficient(c: Candidate, t: Candidate, measured: bool, error: float) -> float:
-    size = (t.params - c.params) / t.params
-    speed = (t.speed(measured) - c.speed(measured)) / t.speed(measured)
-    return size * speed / error
+    return ((t.params - c.params) / t.params) * ((t.speed(measured) - c.speed(measured)) / t.speed(measured)) / error
 
 
 class FPTAS:
@@ -121,21 +113,18 @@ class FPTAS:
                  halving: bool = True, eta: int = 3, seed: int = 0):
         if not thetas:
             raise BortError("Θ is empty; give at least one set of training hyperparameters")
-        self.family, self.surrogate, self.thetas = family, surrogate, list(thetas)
-        self.epsilon = epsilon
+        self.family, self.surrogate, self.thetas, self.epsilon = family, surrogate, list(thetas), epsilon
         self.steps = steps if steps is not None else steps_for_epsilon(epsilon)
         if self.steps < 1:
             raise BortError(f"--steps must be at least 1, got {self.steps}")
-        self.measured, self.latency = measured_speed, latency
         self.constraints = constraints or Constraints()
-        self.halving, self.eta, self.seed = halving, eta, seed
-        shape = (latency_batch_size, latency_seq_len)
+        self.measured, self.latency, self.halving, self.eta, self.seed = measured_speed, latency, halving, eta, seed
         needs_latency = measured_speed or self.constraints.max_latency_ms is not None
         if needs_latency and latency is None:
             raise BortError("measured speed or --max-latency-ms needs a latency function")
 
         def candidate(arch: Arch) -> Candidate:
-            cost = family.cost(arch, *shape)
+            cost = family.cost(arch, latency_batch_size, latency_seq_len)
             return Candidate(arch, cost.params, cost.effective_params, cost.ops,
                              latency(arch) if needs_latency else None)
 
@@ -143,7 +132,7 @@ class FPTAS:
         everything = [candidate(a) for a in points]
         self.pool = [c for c in everything if c.params < self.maximum.params and c.ops < self.maximum.ops
                      and (not measured_speed or c.latency_ms < self.maximum.latency_ms)]
-        self.dominated_out = len(everything) - len(self.pool)
+        self.dominated_out, self._by_arch = len(everything) - len(self.pool), {c.arch: c for c in self.pool}
         if not self.pool:
             raise BortError("no candidate is smaller and cheaper than the maximum point; widen the space")
         if self.constraints and not any(self.constraints.allows(c) for c in self.pool):
@@ -162,9 +151,7 @@ class FPTAS:
     def run(self, store: ResultsStore, progress=None, rank: int = 0, world_size: int = 1,
             gather: Callable[[list], list] | None = None) -> SearchResult:
         """Train the arms rung by rung; each process takes every `world_size`-th arm of a rung."""
-        start = time.perf_counter()
-        trained = 0
-        by_arch = {c.arch: c for c in self.pool}
+        start, trained = time.perf_counter(), 0
         arms = [(c.arch, t) for c in self.pool for t in range(len(self.thetas))]
         done = store.evaluations()
         in_main_file = set(store.evaluations(own_only=True)) if rank == 0 else set()
@@ -179,10 +166,7 @@ class FPTAS:
             for arch, theta in mine:
                 ev = done.get((arch, theta, steps))
                 if ev is None:
-                    t0 = time.perf_counter()
-                    error = self._error(arch, theta, steps)
-                    ev = Evaluation(arch, theta, steps, error, time.perf_counter() - t0)
-                    store.add(ev)
+                    ev = self._evaluate(store, arch, theta, steps)
                     in_main_file.add(ev.key)
                     new.append(ev)
                     trained += steps
@@ -195,33 +179,23 @@ class FPTAS:
                     store.add(ev)  # process 0's file ends up holding the whole run
                     in_main_file.add(ev.key)
                 done[ev.key] = ev
-            for arch, theta in arms:
-                results[(arch, theta)] = done[(arch, theta, steps)]
+            results.update({arm: done[(*arm, steps)] for arm in arms})
             if level + 1 < len(self.rungs):
-                arms = self._promote(arms, results, by_arch)
+                arms = self._promote(arms, results)
         return self._result(results, arms, trained, time.perf_counter() - start)
 
     def recheck(self, store: ResultsStore, result: SearchResult, factor: int = 4, progress=None) -> dict:
-        """The approximation check: retrain the finalists' arms with `factor` x n(ε) steps and choose again.
-
-        Passes when W (at the larger budget) of the architecture chosen at ε is within (1 - ε) of the W of
-        the architecture chosen at the larger budget. Runs through the store, so it resumes too.
-        """
-        steps = factor * self.steps
-        done = store.evaluations()
+        """The approximation check: retrain the finalists' arms with `factor` x n(ε) steps and choose again. Passes
+        when W (at the larger budget) of the architecture chosen at ε is within (1 - ε) of the W of the architecture
+        chosen at the larger budget. Runs through the store, so it resumes too."""
+        steps, done = factor * self.steps, store.evaluations()
         best: dict[Arch, float] = {}
         for c in result.finalists:
             for theta in range(len(self.thetas)):
-                ev = done.get((c.arch, theta, steps))
-                if ev is None:
-                    t0 = time.perf_counter()
-                    error = self._error(c.arch, theta, steps)
-                    ev = Evaluation(c.arch, theta, steps, error, time.perf_counter() - t0)
-                    store.add(ev)
+                ev = done.get((c.arch, theta, steps)) or self._evaluate(store, c.arch, theta, steps)
                 if progress is not None:
                     progress.update(steps)
-                w = w_coefficient(c, self.maximum, self.measured, ev.error)
-                best[c.arch] = max(best.get(c.arch, -math.inf), w)
+                best[c.arch] = max(best.get(c.arch, -math.inf), w_coefficient(c, self.maximum, self.measured, ev.error))
         larger = min(best, key=lambda a: (-best[a], a))
         # every finalist diverging at the larger budget (W = 0) leaves the check undecided, not a division by zero
         ratio = best[result.chosen.arch] / best[larger] if best[larger] > 0 else None
@@ -231,36 +205,34 @@ class FPTAS:
                 "ratio": ratio, "epsilon": self.epsilon,
                 "within_1_minus_epsilon": None if ratio is None else ratio >= 1 - self.epsilon}
 
-    def _error(self, arch: Arch, theta: int, steps: int) -> float:
-        """ê of one arm; an arm whose training diverges (or whose ê is NaN) gets ê = inf, so W = 0, and the
-        search goes on."""
+    def _evaluate(self, store: ResultsStore, arch: Arch, theta: int, steps: int) -> Evaluation:
+        """Train one arm now and store its ê; an arm whose training diverges (or whose ê is NaN) gets ê = inf, so
+        W = 0, and the search goes on."""
+        start = time.perf_counter()
         try:
             error = float(self.surrogate(arch, self.thetas[theta], steps, arm_seed(self.seed, arch, theta)))
         except (NonFiniteLoss, FloatingPointError):
-            return math.inf
-        if math.isnan(error):
-            return math.inf
+            error = math.inf
         if error <= 0:
             raise BortError(f"surrogate error of {arch} with Θ[{theta}] is {error}; a surrogate must return ê > 0")
-        return error
+        ev = Evaluation(arch, theta, steps, math.inf if math.isnan(error) else error, time.perf_counter() - start)
+        store.add(ev)
+        return ev
 
-    def _arm_w(self, arm: tuple[Arch, int], results, by_arch) -> float:
-        return w_coefficient(by_arch[arm[0]], self.maximum, self.measured, results[arm].error)
-
-    def _promote(self, arms, results, by_arch) -> list[tuple[Arch, int]]:
+    def _promote(self, arms, results) -> list[tuple[Arch, int]]:
         """The best 1/η arms by W, plus the best 1/η of those that satisfy the constraints."""
-        ranked = sorted(arms, key=lambda a: (-self._arm_w(a, results, by_arch), a))
+        ranked = sorted(arms, key=lambda a: (-w_coefficient(self._by_arch[a[0]], self.maximum, self.measured,
+                                                            results[a].error), a))
         keep = ranked[:math.ceil(len(arms) / self.eta)]
         if self.constraints:
-            feasible = [a for a in ranked if self.constraints.allows(by_arch[a[0]])]
+            feasible = [a for a in ranked if self.constraints.allows(self._by_arch[a[0]])]
             keep += [a for a in feasible[:math.ceil(len(feasible) / self.eta)] if a not in keep]
         return sorted(keep)
 
     def _result(self, results, finalists, trained: int, seconds: float) -> SearchResult:
-        by_arch = {c.arch: c for c in self.pool}
         final_steps = self.rungs[-1][0]
         for (arch, theta), ev in results.items():
-            c = by_arch[arch]
+            c = self._by_arch[arch]
             if ev.steps > c.steps or (ev.steps == c.steps and (c.error is None or ev.error < c.error)):
                 c.error, c.steps, c.theta = ev.error, ev.steps, theta
         evaluated = [c for c in self.pool if c.error is not None]
@@ -270,11 +242,10 @@ class FPTAS:
         front = pareto_mask([(c.params, c.speed(self.measured), c.error) for c in at_budget])
         for c, on_front in zip(at_budget, front, strict=True):
             c.pareto = on_front
-        final = sorted({by_arch[a] for a, _ in finalists if by_arch[a].steps == final_steps},
+        final = sorted({self._by_arch[a] for a, _ in finalists if self._by_arch[a].steps == final_steps},
                        key=lambda c: (-c.W, c.arch))
         feasible = [c for c in final if self.constraints.allows(c)] if self.constraints else []
-        return SearchResult(candidates=evaluated, maximum=self.maximum, chosen=final[0],
-                            constrained=feasible[0] if feasible else None, space_size=0, invalid={},
+        return SearchResult(candidates=evaluated, maximum=self.maximum, chosen=final[0], finalists=final,
+                            constrained=feasible[0] if feasible else None, space_size=0, invalid={}, seconds=seconds,
                             dominated_out=self.dominated_out, rungs=self.rungs, steps=self.steps,
-                            planned_steps=self.planned_steps, trained_steps=trained, seconds=seconds,
-                            finalists=final)
+                            planned_steps=self.planned_steps, trained_steps=trained)

@@ -1,11 +1,10 @@
 """The results store of one extraction run: crash-safe, resumable, shared by several processes.
 
-A run folder holds `run.json` (the settings that define the run, so a resume with other settings is
-refused) and `evaluations*.jsonl`: one line per finished surrogate run, appended and fsynced the
-moment it finishes. A line cut short by a crash is ignored on reading (that run is simply redone) and cut off
-before the next line is appended.
-Each process writes its own file (`evaluations.jsonl` for process 0, `evaluations.rank{r}.jsonl` for
-the others), so no two processes ever write the same file.
+A run folder holds `run.json` (the settings that define the run, so a resume with other settings is refused) and
+`evaluations*.jsonl`: one line per finished surrogate run, appended and fsynced the moment it finishes. A line cut short
+by a crash is ignored on reading (that run is simply redone) and cut off before the next line is appended. Each process
+writes its own file (`evaluations.jsonl` for process 0, `evaluations.rank{r}.jsonl` for the others), so no two processes
+ever write the same file.
 """
 
 from __future__ import annotations
@@ -38,10 +37,8 @@ class Evaluation:
 
 class ResultsStore:
     def __init__(self, folder: str | os.PathLike, rank: int = 0):
-        self.folder = Path(folder)
-        self.rank = rank
-        name = "evaluations.jsonl" if rank == 0 else f"evaluations.rank{rank}.jsonl"
-        self.path = self.folder / name
+        self.folder, self.rank = Path(folder), rank
+        self.path = self.folder / ("evaluations.jsonl" if rank == 0 else f"evaluations.rank{rank}.jsonl")
 
     def open(self, settings: dict[str, Any], resume: bool = False) -> None:
         """Start a new run (in a folder `io.prepare_output` made empty) or re-open an old one; refuse to mix two
@@ -59,13 +56,11 @@ class ResultsStore:
         """Every complete line in every process's file (or only in this process's own file); ê = null is a
         diverged arm (inf)."""
         found: dict[Key, Evaluation] = {}
-        files = [self.path] if own_only else sorted(self.folder.glob("evaluations*.jsonl"))
-        for file in files:
+        for file in [self.path] if own_only else sorted(self.folder.glob("evaluations*.jsonl")):
             for raw in io.read_jsonl(file):
                 try:
-                    error = math.inf if raw["error"] is None else float(raw["error"])
-                    ev = Evaluation(tuple(raw["arch"]), int(raw["theta"]), int(raw["steps"]), error,
-                                    float(raw["seconds"]))
+                    ev = Evaluation(tuple(raw["arch"]), int(raw["theta"]), int(raw["steps"]),
+                                    math.inf if raw["error"] is None else float(raw["error"]), float(raw["seconds"]))
                 except (ValueError, KeyError, TypeError):
                     continue
                 found.setdefault(ev.key, ev)

@@ -22,6 +22,7 @@ from bort.engine.distillation import Teacher, load_teacher
 from bort.engine.loop import Engine
 from bort.errors import BortError
 from bort.families.base import Arch, Family
+from bort.search.fptas import steps_for_epsilon
 
 Surrogate = Callable[[Arch, Mapping[str, float], int, int], float]
 """(arch, theta, steps, seed) -> surrogate error ê > 0; it may raise NonFiniteLoss when training diverges."""
@@ -69,8 +70,6 @@ class DistillationSurrogate:
     @classmethod
     def build(cls, family: Family, config: ExtractConfig) -> DistillationSurrogate:
         """Teacher (default: the source), corpus rows (enough for the 4x-budget check without repeating data)."""
-        from bort.search.fptas import steps_for_epsilon
-
         check_corpus(config.corpus)
         teacher = load_teacher(config.teacher if config.teacher is not None else config.source)
         config.check_weights(teacher.has_mlm_head)
@@ -82,13 +81,10 @@ class DistillationSurrogate:
         n = config.steps or steps_for_epsilon(config.epsilon)
         rows = cached_sequences(config.corpus, teacher.tokenizer, config.max_seq_len,
                                 max_sequences=4 * n * config.batch_size + EVAL_SEQUENCES)
-        source = None
-        if config.init == "source":
-            if str(config.source) in io.PRESETS:
-                raise BortError(f"--init source needs a source with weights; preset '{config.source}' is a config only")
-            if config.source is not None and str(config.source) != teacher.name:
-                source = io.load_model(config.source)
-        return cls(family, teacher, rows, config, source)
+        if config.init == "source" and str(config.source) in io.PRESETS:
+            raise BortError(f"--init source needs a source with weights; preset '{config.source}' is a config only")
+        slice_source = config.init == "source" and config.source is not None and str(config.source) != teacher.name
+        return cls(family, teacher, rows, config, io.load_model(config.source) if slice_source else None)
 
     @property
     def teacher_name(self) -> str:
@@ -121,10 +117,9 @@ class ToySurrogate:
 
     def __init__(self, family: Family, config: ExtractConfig | None = None, batch_size: int = 32, eval_rows: int = 256):
         self.family, self.config = family, config or ExtractConfig(family="mlp")
-        self.batch_size, self.seed = batch_size, self.config.seed
+        self.batch_size, self.seed, self.width = batch_size, self.config.seed, family.maximum()[2]
         torch.manual_seed(self.seed)
         self.teacher = family.build(family.maximum()).eval().requires_grad_(False)
-        self.width = family.maximum()[2]
         self.eval_x = torch.randn(eval_rows, self.width, generator=torch.Generator().manual_seed(self.seed + 1))
 
     def batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, torch.Tensor]:

@@ -149,7 +149,6 @@ def train(source: str | os.PathLike, task: Task, examples: list[Example], config
     return model.eval(), steps
 
 
-# -- data --------------------------------------------------------------------------------------------------
 @dataclass
 class TaskData:
     """The splits one run uses: train, the official dev split(s), and the unlabelled test split(s)."""
@@ -190,7 +189,6 @@ def load_data(task: Task, data_dir: str | os.PathLike | None, max_train_samples:
     return TaskData(task, train, dev, tests)
 
 
-# -- outputs -----------------------------------------------------------------------------------------------
 def write_submission(task: Task, split: str, examples: list[Example], predictions: np.ndarray,
                      folder: Path) -> Path:
     """Test predictions in the leaderboard's format: GLUE `index\\tprediction` tsv, SuperGLUE jsonl."""
