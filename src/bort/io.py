@@ -344,9 +344,18 @@ def save_checkpoint(folder: Path, step: int, module: Any, optimizer: Any, state:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    for old in checkpoints(folder)[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)
+    remove_checkpoints(folder, keep=KEEP_CHECKPOINTS)
     return final
+
+
+def remove_checkpoints(folder: Path, keep: int = 0) -> None:
+    """Delete all but the last `keep` of bort's checkpoints in `folder` (nothing else), and the folder once empty."""
+    found = checkpoints(folder)
+    for old in found[:len(found) - keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    if not keep:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def load_checkpoint(path: Path, module: Any, optimizer: Any = None) -> dict[str, Any]:

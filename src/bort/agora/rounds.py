@@ -28,19 +28,7 @@ from bort.agora.labelling import Labeller
 from bort.agora.transforms import Similarity, load_encoder, make_transform
 from bort.config import AgoraConfig, FinetuneConfig, parse_theta
 from bort.errors import BortError
-from bort.tasks.finetune import (
-    TaskData,
-    evaluate,
-    finish_run,
-    latency_of,
-    load_data,
-    load_task_model,
-    publish_best,
-    resolve_task,
-    summarise,
-    task_tokenizer,
-    train,
-)
+from bort.tasks import finetune as ft
 from bort.tasks.registry import Example, Task
 
 THETA_KEYS = ("lr", "weight_decay", "warmup", "batch_size", "epochs")  # what Θ varies between Agora's sets
@@ -134,12 +122,12 @@ class AgoraRun:
         for k in alive:
             kdir = rdir / f"set-{k}"
             # Agora's folders belong to the run, so an interrupted set always resumes from its checkpoint
-            net, steps[k] = train(self.source, self.task, grown, self.configs[k], kdir, True, self.tokenizer)
+            net, steps[k] = ft.train(self.source, self.task, grown, self.configs[k], kdir, True, self.tokenizer)
             score_path = kdir / "agora_dev.json"
             if score_path.is_file():
                 saved = io.read_json(score_path)
             else:
-                metrics, p = evaluate(net, self.tokenizer, self.task, self.dev, self.configs[k])
+                metrics, p = ft.evaluate(net, self.tokenizer, self.task, self.dev, self.configs[k])
                 saved = {"metrics": metrics, "predictions": [float(x) for x in p]}
                 if io.is_main():
                     io.write_json(score_path, saved)
@@ -187,14 +175,14 @@ def _agreement(rows: list[dict[str, Any]]) -> float | None:
     return round(sum(r["example"]["label"] == r["source"]["label"] for r in rows) / len(rows), 4) if rows else None
 
 
-def _labeller(config: AgoraConfig, task: Task, data: TaskData, out: Path) -> tuple[str, dict[str, float] | None]:
+def _labeller(config: AgoraConfig, task: Task, data: ft.TaskData, out: Path) -> tuple[str, dict[str, float] | None]:
     """The labeller folder: given, or fine-tuned first on the whole official train split (seed 0)."""
     if config.labeller:
         return str(config.labeller), None
     folder, cfg = out / "labeller", replace(config, seed=0)
     tokenizer = io.load_tokenizer(config.labeller_from)
-    net, steps = train(str(config.labeller_from), task, data.train, cfg, folder, resume=True, tokenizer=tokenizer)
-    metrics = finish_run(net, tokenizer, data, cfg, folder, config.labeller_from, steps, "labeller") \
+    net, steps = ft.train(str(config.labeller_from), task, data.train, cfg, folder, resume=True, tokenizer=tokenizer)
+    metrics = ft.finish_run(net, tokenizer, data, cfg, folder, config.labeller_from, steps, "labeller") \
         if io.is_main() else None
     return str(folder), metrics
 
@@ -206,16 +194,16 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
     `agora` (and `plain`) per seed and mean ± std on the official dev split, the labeller's official-dev scores, and
     each seed's rounds. The best seed's returned model is copied to <output>/."""
     source = str(config.model) if config.model else io.default_source()
-    spec = resolve_task(config.task, **config.task_files())
+    spec = ft.resolve_task(config.task, **config.task_files())
     grid = parse_theta(config.theta, config, THETA_KEYS)
-    data = load_data(spec, config.data_dir, config.max_train_samples)
+    data = ft.load_data(spec, config.data_dir, config.max_train_samples)
     train_part, agora_dev = carve_dev(spec, data.train, config.agora_dev_fraction)
     if bool(config.labeller) == bool(config.labeller_from):
         raise BortError("Agora needs exactly one of --labeller DIR (fine-tuned on the task) or "
                         "--labeller-from MODEL (fine-tuned here first)")
     if config.labeller:
         Labeller(config.labeller, spec, config.max_seq_len)  # a labeller for other labels fails before any work
-    tokenizer, encoder = task_tokenizer(source, config.max_seq_len), load_encoder(source)
+    tokenizer, encoder = ft.task_tokenizer(source, config.max_seq_len), load_encoder(source)
     inputs = (config.model, config.data_dir, config.labeller, config.labeller_from, config.infill_model,
               config.train_file, config.dev_file, config.test_file)
     out = io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs)
@@ -239,10 +227,10 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
         if io.is_main() and not (finals[seed] / "metrics.json").is_file():
             shutil.copytree(best["folder"], finals[seed], dirs_exist_ok=True)
         io.barrier()
-        net = load_task_model(finals[seed], spec) if io.is_main() else None
+        net = ft.load_task_model(finals[seed], spec) if io.is_main() else None
         n_generated = sum(s["generated"] for s in state["rounds"][:best["round"]])
         if io.is_main():
-            agora_runs[seed] = finish_run(net, tokenizer, data, winner, finals[seed], source, best["steps"], "agora",
+            agora_runs[seed] = ft.finish_run(net, tokenizer, data, winner, finals[seed], source, best["steps"], "agora",
                                           note=f"Agora: round {best['round']}, set {best['set']}, "
                                                f"{n_generated} generated points.")
         result["rounds"][str(seed)] = state
@@ -250,18 +238,18 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
         if config.compare:
             cfg = replace(winner, max_steps=best["steps"])
             pdir = out / "plain" / f"seed-{seed}"
-            pnet, steps = train(source, spec, train_part, cfg, pdir, resume=True, tokenizer=tokenizer)
+            pnet, steps = ft.train(source, spec, train_part, cfg, pdir, resume=True, tokenizer=tokenizer)
             if io.is_main():
-                plain_runs[seed] = finish_run(pnet, tokenizer, data, cfg, pdir, source, steps, "plain",
+                plain_runs[seed] = ft.finish_run(pnet, tokenizer, data, cfg, pdir, source, steps, "plain",
                                               note="Plain baseline of an Agora comparison: same seed, set and "
                                                    "optimizer steps as Agora's returned model.")
     if not io.is_main():
         return {}
-    result["agora"] = summarise(agora_runs)
-    result["best_seed"] = publish_best(out, finals, agora_runs, spec.metrics[0])
+    result["agora"] = ft.summarise(agora_runs)
+    result["best_seed"] = ft.publish_best(out, finals, agora_runs, spec.metrics[0])
     if config.compare:
-        result["plain"] = summarise(plain_runs)
+        result["plain"] = ft.summarise(plain_runs)
     if config.measure_latency and first is not None:
-        result.update(latency_of(first, tokenizer, spec))
+        result.update(ft.latency_of(first, tokenizer, spec))
     io.write_json(out / "metrics.json", result)
     return result

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForMaskedLM
 
+from bort import io
 from bort.config import DistillConfig
 from bort.engine.distillation import DistillationObjective, Teacher
 from bort.errors import BortError
@@ -151,6 +152,13 @@ def unslice_projection(projection: nn.Module, hidden_index: list[int]) -> None:
         projection.weight.zero_()
         projection.weight[torch.tensor(hidden_index), torch.arange(len(hidden_index))] = 1.0
         projection.bias.zero_()
+
+
+def slicing_source(config: DistillConfig, source: str | None, teacher: Teacher) -> nn.Module | None:
+    """The model `--init source` slices when it is not the teacher (None: the teacher itself, or random init);
+    a preset is refused by the loader, having no weights to slice."""
+    slicing = config.init == "source" and source is not None and str(source) != teacher.name
+    return io.load_model(source) if slicing else None
 
 
 def student_objective(arch: Any, teacher: Teacher, config: DistillConfig, seed: int, source: nn.Module | None = None,

@@ -16,7 +16,7 @@ from typing import Any
 from bort import io
 from bort.config import PretrainConfig
 from bort.distill.data import BatchPlan, cached_sequences, check_corpus
-from bort.distill.init import student_objective
+from bort.distill.init import slicing_source, student_objective
 from bort.engine.distillation import load_teacher
 from bort.engine.loop import Engine
 from bort.errors import BortError
@@ -105,8 +105,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     if config.eval_sequences < world:
         raise BortError(f"--eval-sequences {config.eval_sequences} is fewer than the {world} processes; every process "
                         f"scores a share of the held-out rows: use at least {world}")
-    slice_source = config.init == "source" and config.source is not None and str(config.source) != teacher.name
-    source_model = io.load_model(config.source) if slice_source else None
+    source_model = slicing_source(config, config.source, teacher)
     output = io.prepare_output(config.output, "pretrain", config.resume, config.overwrite,
                                (config.teacher, config.source, config.arch, *corpus))
     if not io.is_main():

@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bort import io
 from bort.config import ExtractConfig, TrainConfig
 from bort.distill.data import BatchPlan, cached_sequences, check_corpus
-from bort.distill.init import student_objective
+from bort.distill.init import slicing_source, student_objective
 from bort.engine.distillation import Teacher, load_teacher
 from bort.engine.loop import Engine
 from bort.errors import BortError
@@ -81,10 +80,7 @@ class DistillationSurrogate:
         n = config.steps or steps_for_epsilon(config.epsilon)
         rows = cached_sequences(config.corpus, teacher.tokenizer, config.max_seq_len,
                                 max_sequences=4 * n * config.batch_size + EVAL_SEQUENCES)
-        if config.init == "source" and str(config.source) in io.PRESETS:
-            raise BortError(f"--init source needs a source with weights; preset '{config.source}' is a config only")
-        slice_source = config.init == "source" and config.source is not None and str(config.source) != teacher.name
-        return cls(family, teacher, rows, config, io.load_model(config.source) if slice_source else None)
+        return cls(family, teacher, rows, config, slicing_source(config, config.source, teacher))
 
     @property
     def teacher_name(self) -> str:

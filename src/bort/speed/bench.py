@@ -83,8 +83,7 @@ class _Cell:
     last_ms: float | None = None
 
 
-def _engine(model: SpeedModel, runtime: str, threads: int, onnx_dir: Path,
-            modules: dict[str, torch.nn.Module]) -> Any:
+def _engine(model: SpeedModel, runtime: str, threads: int, onnx_dir: Path, modules: dict[str, torch.nn.Module]) -> Any:
     if runtime in ("torch", "compile"):
         if model.label not in modules:
             modules[model.label] = model.build()
@@ -216,8 +215,7 @@ def _load() -> float | None:
         return None
 
 
-def _records(timed: dict[tuple[int, int], list[_Cell]], threads: int,
-             peaks: dict[str, float]) -> list[dict[str, Any]]:
+def _records(timed: dict[tuple[int, int], list[_Cell]], threads: int, peaks: dict[str, float]) -> list[dict[str, Any]]:
     hardware, peak = hardware_id(), max(peaks.values())
     records = []
     for (batch_size, seq_len), cells in timed.items():

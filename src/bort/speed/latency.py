@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ from bort import io
 from bort.families.base import Arch, Family
 
 
+@functools.cache
 def hardware_id() -> str:
     """CPU model, logical cores and torch build: what a latency figure is only valid for."""
     cpu = platform.processor() or platform.machine()

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import random
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -144,7 +143,7 @@ def train(source: str | os.PathLike, task: Task, examples: list[Example], config
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
         io.write_json(folder / DONE, {"steps": steps, "n_train": len(examples), "fingerprint": fingerprint})
-        shutil.rmtree(engine.checkpoint_dir, ignore_errors=True)
+        io.remove_checkpoints(engine.checkpoint_dir)  # the model is saved: its checkpoints are spent
     io.barrier()
     return model.eval(), steps
 
@@ -189,8 +188,7 @@ def load_data(task: Task, data_dir: str | os.PathLike | None, max_train_samples:
     return TaskData(task, train, dev, tests)
 
 
-def write_submission(task: Task, split: str, examples: list[Example], predictions: np.ndarray,
-                     folder: Path) -> Path:
+def write_submission(task: Task, split: str, examples: list[Example], predictions: np.ndarray, folder: Path) -> Path:
     """Test predictions in the leaderboard's format: GLUE `index\\tprediction` tsv, SuperGLUE jsonl."""
     path = folder / task.test_splits[split]
     labels = [_submitted(task, p) for p in predictions]
