@@ -8,7 +8,6 @@ import shutil
 from collections import Counter
 
 import pytest
-from tests.test_tasks import tiny_model  # noqa: F401 - the shared tiny model fixture
 from transformers import AutoModel
 
 from bort.agora.labelling import Labeller
@@ -55,7 +54,7 @@ def test_agora_dev_is_carved_from_train_stratified(shared_data):
     assert 140 <= len(dev) <= 160
 
 
-def test_transforms_change_words_and_the_band_filters(tiny_model):  # noqa: F811
+def test_transforms_change_words_and_the_band_filters(tiny_model):
     tokenizer = load_tokenizer(tiny_model)
     encoder = AutoModel.from_pretrained(tiny_model)
     nn = NeighbourSubstitution(tokenizer, encoder.get_input_embeddings().weight, fraction=0.5)
@@ -77,7 +76,7 @@ def test_transforms_change_words_and_the_band_filters(tiny_model):  # noqa: F811
     assert kept and all(e.label is None and e.text != text and 0 <= s <= 0.9999 for e, _, s in kept)
 
 
-def test_labeller_label_set_must_match(tmp_path, shared_data, tiny_model):  # noqa: F811
+def test_labeller_label_set_must_match(tmp_path, shared_data, tiny_model):
     rte = get_task("RTE")
     folder = tmp_path / "rte-labeller"
     train(tiny_model, rte, rte.load("train", shared_data)[:4], FinetuneConfig(
@@ -95,7 +94,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
-def test_tiny_agora_run_end_to_end_and_resume(tmp_path, shared_data, tiny_model, capsys):  # noqa: F811
+def test_tiny_agora_run_end_to_end_and_resume(tmp_path, shared_data, tiny_model, capsys):
     out = tmp_path / "agora"
     args = ["finetune", "--model", str(tiny_model), "--task", "CB", "--data-dir", str(shared_data), "--output",
             str(out), "--agora", "--labeller-from", str(tiny_model), "--compare", "--rounds", "2",
@@ -137,7 +136,7 @@ def test_tiny_agora_run_end_to_end_and_resume(tmp_path, shared_data, tiny_model,
     assert (out / "agora" / "seed-0" / "round-0" / "generated.jsonl").stat().st_mtime == mtime
 
 
-def test_bad_agora_input_is_one_line(tmp_path, shared_data, tiny_model, capsys):  # noqa: F811
+def test_bad_agora_input_is_one_line(tmp_path, shared_data, tiny_model, capsys):
     base = ["finetune", "--model", str(tiny_model), "--data-dir", str(shared_data), "--output", str(tmp_path / "x")]
     code, text = run_cli(base + ["--task", "nope"], capsys)
     assert code == 2 and "unknown task 'nope'; known tasks:" in text and len(text.strip().splitlines()) == 1

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.test_tasks import tiny_model  # noqa: F401 - the shared tiny model fixture
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 import bort
 from bort.cli import main
@@ -46,13 +45,23 @@ def one_line(capsys, *argv: str) -> str:
     return text
 
 
+def finished_finetune(tmp_path: Path, capsys, shared_data: Path, model: Path) -> tuple[Path, list[str]]:
+    """A finished 2-step fine-tuning run: its folder and the arguments that made it."""
+    run_dir = tmp_path / "run"
+    args = finetune_args(model, shared_data, run_dir)
+    args[args.index("--max-steps") + 1] = "2"
+    assert main(args) == 0
+    capsys.readouterr()
+    return run_dir, args
+
+
 def finetune_args(model: Path, data: Path, output: Path, *extra: str) -> list[str]:
     return ["finetune", "--model", str(model), "--task", "stsb", "--data-dir", str(data), "--output", str(output),
             "--max-steps", "30", "--batch-size", "4", "--max-seq-len", "32", "--max-train-samples", "64",
             "--save-every", "4", "--log-every", "1", "--no-latency", "--quiet", *extra]
 
 
-def test_finetune_killed_with_a_torn_log_line_resumes_to_the_same_weights(tmp_path, shared_data, tiny_model):  # noqa: F811
+def test_finetune_killed_with_a_torn_log_line_resumes_to_the_same_weights(tmp_path, shared_data, tiny_model):
     reference = tmp_path / "reference"
     assert main(finetune_args(tiny_model, shared_data, reference)) == 0
     out = tmp_path / "killed"
@@ -81,7 +90,7 @@ def test_finetune_killed_with_a_torn_log_line_resumes_to_the_same_weights(tmp_pa
 
 
 def test_finetune_with_a_diverging_learning_rate_stops_with_one_line(tmp_path, shared_data, capsys,
-                                                                   tiny_model):  # noqa: F811
+                                                                   tiny_model):
     out = tmp_path / "nan"
     text = one_line(capsys, *finetune_args(tiny_model, shared_data, out, "--lr", "1e6"))
     assert "non-finite" in text and "lower --lr" in text
@@ -103,7 +112,7 @@ def test_extract_theta_in_the_old_list_form_says_how_to_write_it(tmp_path, capsy
     assert "lr is given twice; list its values once: lr=V1,V2" in text
 
 
-def test_a_folder_bort_did_not_write_is_never_overwritten(tmp_path, capsys, shared_data, tiny_model):  # noqa: F811
+def test_a_folder_bort_did_not_write_is_never_overwritten(tmp_path, capsys, shared_data, tiny_model):
     thesis = tmp_path / "thesis"
     (thesis / "chapters").mkdir(parents=True)
     (thesis / "thesis.tex").write_text("years of work")
@@ -115,7 +124,7 @@ def test_a_folder_bort_did_not_write_is_never_overwritten(tmp_path, capsys, shar
     assert "did not write" in text and (tiny_model / "config.json").is_file()
 
 
-def test_checkpoints_hold_nothing_that_loading_can_run(tmp_path, shared_data, tiny_model):  # noqa: F811
+def test_checkpoints_hold_nothing_that_loading_can_run(tmp_path, shared_data, tiny_model):
     """A checkpoint is safetensors and JSON; a pickle dropped into a run folder is never opened."""
     out = tmp_path / "run"
     args = finetune_args(tiny_model, shared_data, out)
@@ -138,12 +147,8 @@ def test_checkpoints_hold_nothing_that_loading_can_run(tmp_path, shared_data, ti
 
 
 def test_resume_never_writes_into_an_input_or_another_commands_run(tmp_path, capsys, shared_data,
-                                                                   tiny_model):  # noqa: F811
-    run_dir = tmp_path / "run"
-    args = finetune_args(tiny_model, shared_data, run_dir)
-    args[args.index("--max-steps") + 1] = "2"
-    assert main(args) == 0
-    capsys.readouterr()
+                                                                   tiny_model):
+    run_dir, args = finished_finetune(tmp_path, capsys, shared_data, tiny_model)
     weights = (run_dir / "model.safetensors").read_bytes()
     text = one_line(capsys, *finetune_args(run_dir, shared_data, run_dir, "--resume"))  # its own input
     assert "is or holds" in text and (run_dir / "model.safetensors").read_bytes() == weights
@@ -151,7 +156,7 @@ def test_resume_never_writes_into_an_input_or_another_commands_run(tmp_path, cap
     assert "holds a `bort finetune` run, not a `bort pretrain` one" in text
 
 
-def test_bad_input_leaves_no_run_folder_behind(tmp_path, capsys, shared_data, tiny_model):  # noqa: F811
+def test_bad_input_leaves_no_run_folder_behind(tmp_path, capsys, shared_data, tiny_model):
     out = tmp_path / "x"
     assert "does not exist" in one_line(capsys, "extract", "--corpus", str(tmp_path / "missing.txt"), "--output",
                                         str(out), "--quiet")
@@ -199,3 +204,222 @@ def test_two_processes_measure_latency_once(tmp_path):
                           str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads((tmp_path / "two" / "result.json").read_text())["chosen"]["latency_ms"] > 0
+
+
+# -- the rows of the fault matrix that need no training: each is one line and exit code 2, before any work -------------
+
+@pytest.fixture(scope="module")
+def damaged_models(tmp_path_factory, tiny_model) -> dict[str, Path]:
+    """The tiny model with its weights cut short, and with an empty weights file."""
+    folders = {}
+    for name, keep in (("truncated", 1000), ("empty", 0)):
+        folder = tmp_path_factory.mktemp(name)
+        for file in tiny_model.iterdir():
+            (folder / file.name).write_bytes(file.read_bytes()[:keep] if file.suffix == ".safetensors"
+                                             else file.read_bytes())
+        folders[name] = folder
+    return folders
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+@pytest.mark.parametrize("command", ["finetune", "pretrain", "extract", "bench", "export"])
+def test_damaged_weights_are_one_line_in_every_command(tmp_path, capsys, shared_data, damaged_models, damage,
+                                                       command, wiki_text):
+    model, out = damaged_models[damage], tmp_path / "out"
+    argv = {"finetune": finetune_args(model, shared_data, out),
+            "pretrain": ["pretrain", "--arch", "1,2,32,64", "--teacher", str(model), "--corpus", str(wiki_text),
+                         "--output", str(out)],
+            "extract": ["extract", "--source", str(model), "--corpus", str(wiki_text), "--output", str(out)],
+            "bench": ["bench", "--models", str(model)],
+            "export": ["export", "--model", str(model), "--output", str(out)]}[command]
+    text = one_line(capsys, *argv)
+    assert "model.safetensors is damaged or incomplete" in text and "save or download the model again" in text
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["extract", "--family", "mlp", "--theta", "lr=-1"], "--lr must be above 0, not -1"),
+    (["extract", "--family", "mlp", "--theta", "lr=nan"], "--lr must be a finite number"),
+    (["extract", "--family", "mlp", "--steps", "0"], "--steps must be at least 1"),
+    (["finetune", "--task", "rte", "--lr", "-1"], "--lr must be above 0"),
+    (["finetune", "--task", "rte", "--lr", "nan"], "--lr must be a finite number"),
+    (["finetune", "--task", "rte", "--max-steps", "0"], "--max-steps must be at least 1"),
+    (["pretrain", "--arch", "1,2,32,64", "--mask-prob", "1.5"], "--mask-prob must be at most 1"),
+    (["pretrain", "--arch", "100000,12,768,3072"], "GiB to train, more than this machine's"),
+    (["bench", "--models", "bert-base", "--threads", "-3"], "--threads must be at least 1"),
+    (["bench", "--models", "bert-base", "--threads", "0"], "--threads must be at least 1"),
+    (["bench", "--models", "bert-base", "--plot", "latency.txt"], "name a .png, .pdf or .svg file"),
+    (["cost", "--arch", "100000,12,768,3072", "--measure"], "GiB to run, more than this machine's"),
+    (["export", "--model", "bert-base", "--opset", "5"], "--opset must be at least 13"),
+    (["export", "--model", "bert-base", "--opset", "13", "--no-fuse"], "pass --opset 18"),
+])
+def test_invalid_numbers_and_names_in_every_command(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    needs_output = argv[0] in ("extract", "finetune", "pretrain", "export")
+    assert message in one_line(capsys, *argv, *(["--output", str(out)] if needs_output else []))
+    assert not out.exists()
+
+
+def test_outputs_are_checked_before_the_work(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for argv in (["bench", "--models", "bert-base", "--json", str(blocker / "x.json")],
+                 ["bench", "--models", "bert-base", "--plot", str(blocker / "x.png")],
+                 ["cost", "--arch", "1,2,32,64", "--json", str(blocker / "x.json")]):
+        started = time.perf_counter()
+        one_line(capsys, *argv)
+        assert time.perf_counter() - started < 5  # refused before timing BERT-base, not after
+
+
+def test_binary_corpus_files_are_refused_or_skipped(tmp_path, capsys, tiny_model, wiki_text):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "tool").write_bytes(Path(sys.executable).read_bytes()[:20000])  # an executable, no extension
+    (folder / "notes.txt").write_text(wiki_text.read_text()[:20000])
+    common = ["pretrain", "--arch", "1,2,32,64", "--teacher", str(tiny_model), "--max-steps", "1", "--batch-size",
+              "2", "--max-seq-len", "16", "--eval-sequences", "2", "--no-latency", "--quiet"]
+    text = one_line(capsys, *common, "--corpus", str(folder / "tool"), "--output", str(tmp_path / "a"))
+    assert "is not text (an executable" in text and not (tmp_path / "a").exists()
+    code, text = run(capsys, *common, "--corpus", str(folder), "--output", str(tmp_path / "b"))
+    assert code == 0 and "skipped 1 binary file(s), e.g. tool" in text
+    assert json.loads((tmp_path / "b" / "pretrain.json").read_text())["corpus"] == [str(folder)]
+
+
+def test_pretrain_never_replaces_a_model_or_a_finished_run(tmp_path, capsys, tiny_model, wiki_text):
+    common = ["pretrain", "--arch", "1,2,32,64", "--teacher", str(tiny_model), "--corpus", str(wiki_text),
+              "--max-steps", "2", "--batch-size", "2", "--max-seq-len", "16", "--eval-sequences", "2",
+              "--save-every", "0", "--no-latency", "--quiet", "--max-sequences", "40"]
+    copy = tmp_path / "teacher-copy"
+    copy.mkdir()
+    for file in tiny_model.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    weights = (copy / "model.safetensors").read_bytes()
+    for extra in ((), ("--overwrite",), ("--resume",)):
+        text = one_line(capsys, *common, "--output", str(copy), *extra)
+        assert "already holds files; choose an empty or new folder" in text or "did not write" in text
+    assert (copy / "model.safetensors").read_bytes() == weights
+    done = tmp_path / "done"
+    assert main([*common, "--output", str(done)]) == 0
+    capsys.readouterr()
+    assert "pass --resume to continue that run or --overwrite" in one_line(capsys, *common, "--output", str(done))
+    assert main([*common, "--output", str(done), "--overwrite"]) == 0
+
+
+def test_overwrite_never_clears_the_working_folder(tmp_path, capsys, monkeypatch, shared_data,
+                                                   tiny_model):
+    run_dir, args = finished_finetune(tmp_path, capsys, shared_data, tiny_model)
+    monkeypatch.chdir(run_dir)
+    text = one_line(capsys, *finetune_args(tiny_model, shared_data, Path("."), "--overwrite"))
+    assert "--overwrite would clear" in text and (run_dir / "metrics.json").is_file()
+
+
+def test_a_changed_setting_is_named_with_both_values(tmp_path, capsys, shared_data, tiny_model):
+    out, args = finished_finetune(tmp_path, capsys, shared_data, tiny_model)
+    text = one_line(capsys, *args, "--resume", "--lr", "0.001")
+    assert "(--lr 0.001 now, 5e-05 then)" in text and "use the original settings, or --overwrite" in text
+    assert main([*args, "--overwrite", "--lr", "0.001"]) == 0  # the fix it suggests works
+
+
+def test_the_divergence_message_leads_to_a_run_that_works(tmp_path, capsys, tiny_model, wiki_text):
+    common = ["pretrain", "--arch", "1,2,32,64", "--teacher", str(tiny_model), "--corpus", str(wiki_text),
+              "--max-steps", "6", "--batch-size", "2", "--max-seq-len", "16", "--eval-sequences", "2",
+              "--save-every", "2", "--no-latency", "--quiet", "--max-sequences", "40", "--output", str(tmp_path / "p")]
+    text = one_line(capsys, *common, "--lr", "1e9")
+    assert "start again (--overwrite) with a lower --lr" in text
+    assert main([*common, "--overwrite", "--lr", "1e-3"]) == 0
+
+
+def test_export_refuses_nan_weights_another_tasks_dev_file_and_an_existing_onnx(tmp_path, capsys, shared_data):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from bort.io import default_source, load_tokenizer
+
+    model = tmp_path / "rte-classifier"
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=2,
+                        id2label={0: "entailment", 1: "not_entailment"})
+    BertForSequenceClassification(config).save_pretrained(model)
+    load_tokenizer(default_source()).save_pretrained(model)
+    text = one_line(capsys, "export", "--model", str(model), "--output", str(tmp_path / "a"), "--dev",
+                    str(shared_data / "superglue" / "CB" / "val.jsonl"))
+    assert "are not among the model's 2 labels (entailment, not_entailment)" in text and not (tmp_path / "a").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.onnx").write_text("the user's own model")
+    for extra in ((), ("--overwrite",)):
+        one_line(capsys, "export", "--model", str(model), "--output", str(mine), *extra)
+    assert (mine / "model.onnx").read_text() == "the user's own model"
+    broken = BertForSequenceClassification(config)
+    with torch.no_grad():
+        broken.classifier.weight.fill_(float("nan"))
+    broken.save_pretrained(model)
+    text = one_line(capsys, "export", "--model", str(model), "--output", str(tmp_path / "b"))
+    assert "ONNX output differs from PyTorch by nan" in text
+
+
+def test_export_reports_the_opset_it_wrote(tmp_path, capsys, tiny_model):
+    code, _ = run(capsys, "export", "--model", str(tiny_model), "--output", str(tmp_path / "x"), "--opset", "14")
+    assert code == 0 and json.loads((tmp_path / "x" / "export_report.json").read_text())["opset"] == 14
+    code, text = run(capsys, "export", "--model", str(tiny_model), "--output", str(tmp_path / "x"))
+    assert code == 2 and "pass --overwrite to replace it" in text and "--resume" not in text  # export has no --resume
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch, tiny_model,
+                                                                     wiki_text):
+    """The writers fail as a full disk makes them fail (safetensors reports OS error 28 in its own exception)."""
+    import errno
+
+    import safetensors.torch
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    common = ["pretrain", "--arch", "1,2,32,64", "--teacher", str(tiny_model), "--corpus", str(wiki_text),
+              "--max-steps", "4", "--batch-size", "2", "--max-seq-len", "16", "--eval-sequences", "2",
+              "--save-every", "2", "--no-latency", "--quiet", "--max-sequences", "40"]
+    reference = tmp_path / "reference"
+    assert main([*common, "--output", str(reference)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "full"
+    real_save_model, calls = safetensors.torch.save_model, []
+
+    def fills_up(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second checkpoint, at step 4
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save_model(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_model", fills_up)
+    text = one_line(capsys, *common, "--output", str(out))
+    assert f"no space left on {out / 'checkpoints'}" in text or f"no space left on {out}" in text
+    assert [p.name for p in bort.io.checkpoints(out / "checkpoints")] == ["checkpoint-00000002"]
+    assert not [p for p in out.rglob(".tmp-*")]  # no half-written checkpoint left behind
+    monkeypatch.setattr(safetensors.torch, "save_model", real_save_model)
+
+    def final_save_fails(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", final_save_fails)
+    text = one_line(capsys, *common, "--output", str(out), "--resume")
+    assert f"no space left on {out}" in text and "rerun with --resume" in text
+    assert not (out / "model.safetensors").exists() and not [p for p in out.rglob(".tmp-*")]
+    assert bort.io.checkpoints(out / "checkpoints")[-1].name == "checkpoint-00000004"  # the weights are not lost
+    monkeypatch.undo()
+    assert main([*common, "--output", str(out), "--resume"]) == 0  # the fix the line suggests works
+    want = AutoModelForMaskedLM.from_pretrained(reference).state_dict()
+    got = AutoModelForMaskedLM.from_pretrained(out).state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_redirected_output_has_no_bars_no_load_reports_and_no_none(tmp_path, shared_data, tiny_model):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = finetune_args(tiny_model, shared_data, tmp_path / "run")
+    args.remove("--quiet")
+    args.remove("--no-latency")
+    for argv in (args, ["export", "--model", str(tiny_model), "--output", str(tmp_path / "onnx"), "--quantize", "int8"],
+                 ["bench", "--models", str(tiny_model), "--repeats", "2"]):
+        done = subprocess.run([sys.executable, "-m", "bort.cli", *argv], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        text = done.stdout + done.stderr
+        assert "\r" not in text and "LOAD REPORT" not in text and "None" not in text, text[-2000:]

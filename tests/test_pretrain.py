@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tests.conftest import save_tiny_bert
 from transformers import AutoModel, AutoModelForMaskedLM, BertConfig, BertForMaskedLM
 
 from bort import pretrain
@@ -56,13 +57,7 @@ def corpus(tmp_path_factory, shared_data) -> Path:
 @pytest.fixture(scope="module")
 def mlm_teacher(tmp_path_factory) -> Path:
     """A tiny BERT with an MLM head and the MiniLM vocabulary: exercises Bort's logit recipe."""
-    folder = tmp_path_factory.mktemp("mlm-teacher")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertForMaskedLM(config).save_pretrained(folder)
-    load_tokenizer(default_source()).save_pretrained(folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("mlm-teacher"), layers=2, heads=4, positions=64)
 
 
 def train_losses(output: Path) -> dict[int, float]:
@@ -209,7 +204,7 @@ def test_incompatible_resume_and_non_finite_loss(corpus, tmp_path, monkeypatch):
     pretrain(TINY, out, corpus=[corpus], max_steps=4, save_every=2, eval_every=0, **FAST)
     with pytest.raises(BortError, match="already holds files; pass --resume"):
         pretrain(TINY, out, corpus=[corpus], max_steps=4, save_every=2, eval_every=0, **FAST)
-    with pytest.raises(BortError, match="other settings.*batch_size"):
+    with pytest.raises(BortError, match=r"other settings \(--batch-size 3 now, 2 then\)"):
         pretrain(TINY, out, corpus=[corpus], max_steps=4, save_every=2, eval_every=0, resume=True,
                  **{**FAST, "batch_size": 3})
 

@@ -86,7 +86,7 @@ def test_store_ignores_a_line_cut_short_and_appends_after_it(tmp_path):
     lines = store.path.read_text().splitlines()
     assert [json.loads(line)["arch"] for line in lines] == [[1, 2], [5, 6]]  # strict JSON, nothing glued
     assert "Infinity" not in store.path.read_text() and store.evaluations()[((5, 6), 0, 4)].error == math.inf
-    with pytest.raises(BortError, match=r"other settings \(a\)"):
+    with pytest.raises(BortError, match=r"other settings \(--a 2 now, 1 then\)"):
         ResultsStore(tmp_path).open({"a": 2}, resume=True)
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoConfig, BertForMaskedLM
+from tests.conftest import save_tiny_bert
 
 from bort.config import ExtractConfig
 from bort.distill.data import iter_packed_rows, mask_tokens, read_documents
 from bort.engine.distillation import hidden_distance, load_teacher
 from bort.families.bert import BertFamily
-from bort.io import default_source, load_tokenizer
 from bort.search.surrogate import DistillationSurrogate
 
 FAST = ExtractConfig(batch_size=4, seed=0)
@@ -30,13 +29,8 @@ def sequences(minilm, wiki_text):
 @pytest.fixture(scope="module")
 def mlm_teacher_dir(tmp_path_factory):
     """A small BERT with an MLM head and the real WordPiece tokenizer, saved as a Hugging Face folder."""
-    folder = tmp_path_factory.mktemp("mlm-teacher")
-    config = AutoConfig.for_model("bert", vocab_size=30522, hidden_size=64, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=128, architectures=["BertForMaskedLM"])
-    torch.manual_seed(0)
-    BertForMaskedLM(config).save_pretrained(folder)
-    load_tokenizer(default_source()).save_pretrained(folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("mlm-teacher"), layers=2, heads=4, hidden=64, intermediate=128,
+                          positions=512)
 
 
 def test_hidden_state_surrogate_is_deterministic_and_learns(minilm, sequences):

@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
+from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification
 
 import bort
 from bort.config import FinetuneConfig
 from bort.errors import BortError
-from bort.io import default_source, load_tokenizer
 from bort.tasks import file_task, get_task, list_tasks
 from bort.tasks import finetune as ft
 from bort.tasks.metrics import compute, mean_std
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """A 1-layer BERT with an MLM head and the real MiniLM tokenizer: fast, and the vocabulary is real."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertForMaskedLM(config).save_pretrained(folder)
-    load_tokenizer(default_source()).save_pretrained(folder)
-    return folder
 
 
 def test_metrics_match_hand_computed_values():

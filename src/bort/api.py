@@ -17,6 +17,7 @@ from bort.distill.pretrain import PretrainResult
 from bort.distill.pretrain import pretrain as run_pretrain
 from bort.families import Family, parse_arch, resolve_family
 from bort.families import register_family as _register_family
+from bort.families.base import check_fits
 from bort.search.extraction import ExtractionResult
 from bort.search.extraction import extract as run_extract
 from bort.search.surrogate import Surrogate, register_surrogate
@@ -92,6 +93,7 @@ def cost(arch: str | tuple[int, ...], family: str | Family = "bert", source: str
     result = CostResult(fam.name, dict(zip(fam.param_names, point, strict=True)), predicted.params,
                         predicted.effective_params, predicted.ops, settings.batch_size, settings.seq_len)
     if settings.measure:
+        check_fits(fam, point, 4, "run")
         result.latency_ms = round(LatencyCache().measure(fam, point, settings.batch_size, settings.seq_len,
                                                          settings.repeats), 3)
     return result

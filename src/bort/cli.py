@@ -126,7 +126,8 @@ def run_pretrain(settings: cfg.PretrainConfig, args: argparse.Namespace) -> None
     out = bort.pretrain(settings.arch, settings.output, config=settings)
     if io.is_main():
         latency = f", CPU latency {out.latency['cpu_latency_ms']} ms" if out.latency else ""
-        print(f"saved {out.output}: eval {json.dumps(out.eval)}, {out.tokens_per_s} tokens/s{latency}")
+        speed = f", {out.tokens_per_s} tokens/s" if out.tokens_per_s else ""
+        print(f"saved {out.output}: eval {json.dumps(out.eval)}{speed}{latency}")
 
 
 def run_finetune(settings: cfg.AgoraConfig, args: argparse.Namespace) -> None:

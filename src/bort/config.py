@@ -314,6 +314,11 @@ class BenchConfig(Options):
     max_seconds: float | None = option(None, "stop timing a cell after this many seconds (>= 3 runs)", above=0)
     plot: str | None = option(None, "write a latency plot (png, pdf, svg)", metavar="FILE")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.plot is not None and Path(self.plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise BortError(f"--plot {self.plot}: name a .png, .pdf or .svg file")
+
 
 @dataclass(kw_only=True)
 class ExportConfig(Options):

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,6 +138,21 @@ def load_tokenizer(source: str | os.PathLike | None):
         raise _cannot_load("a tokenizer", name, exc) from None
 
 
+def check_weights(source: str | os.PathLike) -> None:
+    """Refuse, in one line, a local model folder whose safetensors files are truncated or empty: reading their headers
+    is cheap, and the loader's own error says nothing a user can act on."""
+    from safetensors import safe_open
+
+    folder = Path(source).expanduser()
+    for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
+        try:
+            with safe_open(str(file), "pt") as weights:
+                weights.keys()
+        except Exception as exc:  # SafetensorError, OSError: the file is not a whole safetensors file
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            raise BortError(f"{file} is damaged or incomplete ({reason}); save or download the model again") from None
+
+
 def load_model(source: str | os.PathLike | None, kind: str = "base", config: Any = None, **kwargs: Any):
     """A pretrained model with the head `kind` (see MODEL_CLASSES), in eval mode; never remote code."""
     import transformers
@@ -147,6 +161,7 @@ def load_model(source: str | os.PathLike | None, kind: str = "base", config: Any
     if source in PRESETS:
         raise BortError(f"preset '{source}' is a config without weights; pass a pretrained model folder")
     config = config if config is not None else load_config(source)
+    check_weights(source)
     try:
         return getattr(transformers, MODEL_CLASSES[kind]).from_pretrained(source, config=config, **kwargs).eval()
     except Exception as exc:
@@ -163,7 +178,7 @@ def writing(path: Path, cleanup: Path | None = None) -> Iterator[None]:
         if cleanup is not None:
             shutil.rmtree(cleanup, ignore_errors=True) if cleanup.is_dir() else cleanup.unlink(missing_ok=True)
         # safetensors reports its I/O errors as SafetensorError, with the OS error in the message
-        if getattr(exc, "errno", None) == errno.ENOSPC or "os error 28" in str(exc):
+        if getattr(exc, "errno", None) == errno.ENOSPC or "(os error 28)" in str(exc):
             raise BortError(f"no space left on {path.parent}; free some space and rerun with --resume") from None
         if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":
             raise BortError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}; check the folder's "
@@ -253,11 +268,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def progress_bar(total: int | None, desc: str, enabled: bool = True, **kwargs: Any):
-    """tqdm with an ETA; in a log file (not a terminal) it writes a line every 30 s instead of redrawing."""
+    """tqdm with an ETA, on a terminal only (tqdm's `disable=None`): redrawn bars would fill a redirected log with
+    carriage returns, and metrics.jsonl already records the progress of a long run."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True,
-                mininterval=0.5 if sys.stderr.isatty() else 30, **kwargs)
+    return tqdm(total=total, desc=desc, disable=None if enabled else True, dynamic_ncols=True, mininterval=0.5,
+                **kwargs)
 
 
 # -- run folders --------------------------------------------------------------------------------------------
@@ -272,12 +288,12 @@ def check_writable(folder: Path) -> None:
 
 
 def prepare_output(output: str | os.PathLike | None, command: str, resume: bool = False, overwrite: bool = False,
-                   inputs: tuple[str | os.PathLike | None, ...] = ()) -> Path:
+                   inputs: tuple[str | os.PathLike | None, ...] = (), resumable: bool = True) -> Path:
     """The run folder of `command`: created with bort's marker, continued (`resume`) or cleared (`overwrite`).
 
     A folder that holds files is refused without --resume/--overwrite; --resume and --overwrite need a folder bort
     wrote (its marker); --overwrite never clears an input, a folder holding an input, '.', or home. Process 0 prepares
-    it; every process gets its path."""
+    it; every process gets its path. `resumable=False` (a command without --resume) only suggests --overwrite."""
     if not is_main():
         return Path(broadcast(None))
     folder = Path(output or Path("runs") / datetime.now().strftime(f"{command}-%Y%m%d-%H%M%S")).expanduser()
@@ -286,8 +302,8 @@ def prepare_output(output: str | os.PathLike | None, command: str, resume: bool 
     if folder.is_dir() and any(folder.iterdir()):
         ours = (folder / MARKER).is_file()
         if not (resume or overwrite):
-            hint = "pass --resume to continue that run or --overwrite to replace it" if ours else \
-                "choose an empty or new folder"
+            hint = ("choose an empty or new folder" if not ours else "pass --resume to continue that run or "
+                    "--overwrite to replace it" if resumable else "pass --overwrite to replace it")
             raise BortError(f"--output {folder} already holds files; {hint}")
         if not ours:
             raise BortError(f"--output {folder} holds files bort did not write; choose an empty or new folder")
@@ -314,7 +330,13 @@ def same_settings(saved: dict[str, Any], current: dict[str, Any], what: str) -> 
     """Refuse to continue `what` (a run, a checkpoint, a finished model) made with other settings, naming them."""
     current = strict_json(current)
     if differ := sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)):
-        raise BortError(f"{what} was made with other settings ({', '.join(differ)}); use the original settings, or "
+        def shown(value: Any) -> str:
+            text = json.dumps(value) if not isinstance(value, str) else value
+            return text if len(text) <= 60 else text[:57] + "..."
+
+        changes = "; ".join(f"--{k.replace('_', '-')} {shown(current.get(k))} now, {shown(saved.get(k))} then"
+                            for k in differ[:4]) + ("; ..." if len(differ) > 4 else "")
+        raise BortError(f"{what} was made with other settings ({changes}); use the original settings, or "
                         "--overwrite to start again")
 
 
@@ -395,6 +417,20 @@ def _join_optimizer(tensors: dict[str, Any], rest: dict[str, Any]) -> dict[str, 
     for index, values in rest["scalars"].items():
         state.setdefault(int(index), {}).update(values)
     return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def save_model(folder: Path, *parts: Any) -> None:
+    """`save_pretrained` of each part (model, tokenizer, config) into a temporary folder beside the files, then each
+    file renamed into place: a crash or a full disk leaves the old files or the new ones, never half a weights file
+    (the run's last checkpoint still holds the weights, so rerunning with --resume saves them again)."""
+    tmp = folder / f".tmp-save-{os.getpid()}"
+    with writing(folder / "model.safetensors", cleanup=tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+        for part in parts:
+            part.save_pretrained(tmp)
+        for file in sorted(tmp.iterdir()):
+            os.replace(file, folder / file.name)
+        tmp.rmdir()
 
 
 def copy_model(source: Path, destination: Path) -> None:

@@ -203,6 +203,8 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
                         "--labeller-from MODEL (fine-tuned here first)")
     if config.labeller:
         Labeller(config.labeller, spec, config.max_seq_len)  # a labeller for other labels fails before any work
+    for model in filter(None, (config.labeller_from, config.infill_model)):
+        io.check_weights(model)
     tokenizer, encoder = ft.task_tokenizer(source, config.max_seq_len), load_encoder(source)
     inputs = (config.model, config.data_dir, config.labeller, config.labeller_from, config.infill_model,
               config.train_file, config.dev_file, config.test_file)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -23,20 +24,40 @@ from bort.errors import BortError
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".tokens", ".raw", ""}
 LINES_PER_CALL = 256
 DATASET_PREFIX = "hf:"
+log = logging.getLogger("bort")
 
 
-def corpus_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files and folders (recursively, text-like files only) into a sorted, checked file list."""
+def is_text(path: Path) -> bool:
+    """A file is text when its first 8 KiB hold no NUL byte and few control characters (git's and file(1)'s rule): an
+    executable, an image or an archive fails it, while prose in any 8-bit encoding passes (it is decoded leniently)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192)
+    except OSError as exc:
+        raise BortError(f"cannot read corpus file {path}: {exc.strerror}; check its permissions") from None
+    control = sum(b < 32 and b not in b"\t\n\r\f\b\x1b" or b == 127 for b in head)
+    return b"\0" not in head and control <= len(head) // 10
+
+
+def corpus_files(paths: Iterable[str | os.PathLike], report: bool = False) -> list[Path]:
+    """Expand files and folders (recursively, text-like files only) into a sorted, checked file list. A binary file
+    named directly is refused; binary files in a folder are skipped (`report` logs their count)."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+            named = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
                            and not p.name.startswith("."))
+            found = [p for p in named if is_text(p)]
+            if (skipped := len(named) - len(found)) and report:
+                log.warning("corpus folder %s: skipped %d binary file(s), e.g. %s", path, skipped,
+                            next(p for p in named if p not in found).name)
             if not found:
                 raise BortError(f"corpus folder {path} holds no text files (.txt, .md, .rst, .tokens)")
             files.extend(found)
         elif path.is_file():
+            if not is_text(path):
+                raise BortError(f"corpus file {path} is not text (an executable, image or archive?); pass text files")
             files.append(path)
         else:
             raise BortError(f"corpus path {path} does not exist; pass text files or folders, or hf:NAME for a "
@@ -50,7 +71,7 @@ def is_dataset(item: str | os.PathLike) -> bool:
 
 def check_corpus(paths: Iterable[str | os.PathLike] | None) -> None:
     """Fail early, in one line, on a corpus file or folder that is missing (datasets are checked on load)."""
-    corpus_files([p for p in paths or [] if not is_dataset(p)])
+    corpus_files([p for p in paths or [] if not is_dataset(p)], report=True)
 
 
 def dataset_documents(spec: str) -> Iterator[str]:

@@ -20,7 +20,7 @@ from bort.distill.init import slicing_source, student_objective
 from bort.engine.distillation import load_teacher
 from bort.engine.loop import Engine
 from bort.errors import BortError
-from bort.families.base import parse_arch
+from bort.families.base import check_fits, parse_arch
 from bort.families.bert import BertFamily
 from bort.speed.latency import cpu_latency
 
@@ -99,6 +99,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
                         f"tokenizer {len(teacher.tokenizer)}); extract the architecture from the teacher (or pass "
                         "--source with the teacher's model)")
     family = BertFamily(arch)
+    check_fits(family, family.maximum(), 16, "train")
     if config.max_seq_len > family.max_seq_len:
         raise BortError(f"--max-seq-len {config.max_seq_len} exceeds the architecture's {family.max_seq_len} positions")
     world = io.process()[1]
@@ -134,9 +135,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         if config.measure_latency:
             ids = family.example_input(shape, LATENCY_SHAPE[0], min(LATENCY_SHAPE[1], family.max_seq_len))["input_ids"]
             result.latency = cpu_latency(student.base_model, {"input_ids": ids})
-        with io.writing(output / "model.safetensors"):
-            student.save_pretrained(output)
-            teacher.tokenizer.save_pretrained(output)
+        io.save_model(output, student, teacher.tokenizer)
         io.write_model_card(output, *model_card(result))
         io.write_json(output / "pretrain.json", result.to_dict())
     io.barrier()

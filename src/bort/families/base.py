@@ -98,6 +98,18 @@ def parse_arch(family: Family, text: str | Iterable[int]) -> Arch:
     return arch
 
 
+def check_fits(family: Family, arch: Arch, bytes_per_param: int, purpose: str) -> None:
+    """Refuse, before building it, an architecture whose parameters (times `bytes_per_param`: 4 to run in fp32, 16 to
+    train with AdamW) exceed this machine's memory: building it would only end in an out-of-memory kill."""
+    import os
+
+    need = family.cost(arch).params * bytes_per_param
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > memory:
+        raise BortError(f"architecture {','.join(map(str, arch))} needs about {need / 2**30:,.0f} GiB to {purpose}, "
+                        f"more than this machine's {memory / 2**30:,.0f} GiB; choose a smaller --arch")
+
+
 @dataclass
 class Space:
     """The candidate values of each architectural parameter; its points are the grid's product."""

@@ -121,7 +121,8 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
              + "".join(f", {n} dropped ({r})" for r, n in space.invalid.items())
              + f"; |Ξ'| = {len(search.pool)} dominated by T = {','.join(map(str, fam.maximum()))}"
              + (f" ({search.dominated_out} not)" if search.dominated_out else ""))
-    log.info(f"budget: |Θ| = {len(thetas)}, n(ε={config.epsilon}) = {search.steps} steps, "
+    budget = f"n = {search.steps} steps (--steps)" if config.steps else f"n(ε={config.epsilon}) = {search.steps} steps"
+    log.info(f"budget: |Θ| = {len(thetas)}, {budget}, "
              f"|B| = {config.batch_size}x{config.max_seq_len}; rungs (steps x arms, at most): "
              f"{' -> '.join(f'{s}x{a}' for s, a in search.rungs)}; {search.planned_steps} training steps at most, "
              f"predicted ~{predicted / 60:.1f} min" + (f" over {world} processes" if world > 1 else ""))

@@ -98,6 +98,9 @@ def output_names(module: torch.nn.Module) -> list[str]:
     return ["logits"] if classifier else ["last_hidden_state", "pooler_output"]
 
 
+DYNAMO_MIN_OPSET = 18  # the lowest opset torch.onnx's dynamo exporter writes; the TorchScript (fused) path goes lower
+
+
 def export_module(module: torch.nn.Module, model: SpeedModel, path: Path, opset: int = 18,
                   fuse: bool = True) -> dict[str, int]:
     """Write `module` (eval mode) as ONNX with dynamic batch and sequence axes at `path`; returns the fused
@@ -150,6 +153,14 @@ def _export_fused(wrapper: _TupleOutputs, model: SpeedModel, sample: dict[str, t
         for leftover in raw.parent.glob(raw.name + "*"):
             leftover.unlink()
     return {op: n for op, n in graph.get_fused_operator_statistics().items() if n}
+
+
+def written_opset(path: Path) -> int:
+    """The default-domain opset the file really carries (an exporter may raise the one asked for)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, per_channel: bool = True) -> Path:
@@ -216,17 +227,38 @@ def read_labelled(path: str | os.PathLike) -> tuple[list[tuple[str, ...]], list[
     return [tuple(str(r[c]) for c in columns) for r in rows], [str(r["label"]) for r in rows]
 
 
+def read_dev(model: SpeedModel, dev_file: str | os.PathLike) -> tuple[list[tuple[str, ...]], np.ndarray]:
+    """Texts and gold class ids of a dev file, checked against the classifier's label set (names or ids), so a file of
+    another task is one line rather than a meaningless accuracy."""
+    texts, labels = read_labelled(dev_file)
+    classes = model.config.num_labels
+    if classes < 2:
+        raise BortError(f"'{model.label}' is a regressor (one output); --dev measures the accuracy of a classifier")
+    label2id = {str(k): int(v) for k, v in (model.config.label2id or {}).items()} or {
+        str(v): int(k) for k, v in (model.config.id2label or {}).items()}
+
+    def class_id(label: str) -> int | None:
+        if label in label2id:
+            return label2id[label]
+        try:
+            number = float(label)
+        except ValueError:
+            return None
+        return int(number) if number.is_integer() and 0 <= number < classes else None
+
+    ids = {y: class_id(y) for y in set(labels)}
+    if unknown := sorted(y for y, i in ids.items() if i is None):
+        raise BortError(f"labels of {dev_file} ({', '.join(unknown[:4])}) are not among the model's {classes} labels "
+                        f"({', '.join(label2id) or 'ids 0..' + str(classes - 1)}); pass the dev file of the task this "
+                        "model was fine-tuned on")
+    return texts, np.array([ids[y] for y in labels])
+
+
 def dev_accuracy(module: torch.nn.Module, sessions: dict[str, Any], model: SpeedModel, tokenizer: Any,
                  dev_file: str | os.PathLike, batch_size: int = 32, max_len: int = 128) -> dict[str, Any]:
     """Accuracy of the PyTorch classifier and of each ONNX session on a labelled dev file. This is what decides whether
     int8 is acceptable: output differences alone do not say it."""
-    texts, labels = read_labelled(dev_file)
-    label2id = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
-    try:
-        gold = np.array([label2id[y] if y in label2id else int(float(y)) for y in labels])
-    except ValueError:
-        raise BortError(f"labels of {dev_file} ({sorted(set(labels))[:4]}) are not in the model's label2id "
-                        f"{label2id}; save the fine-tuned model with its label names") from None
+    texts, gold = read_dev(model, dev_file)
     names = input_names(model.config)
     predictions: dict[str, list[np.ndarray]] = {"torch": [], **{k: [] for k in sessions}}
     for start in range(0, len(texts), batch_size):
@@ -254,14 +286,20 @@ def export(config: ExportConfig) -> dict[str, Any]:
     if config.dev_file is not None and not spec.classifier:
         raise BortError(f"a dev-set check needs a model fine-tuned with a sequence-classification head; "
                         f"'{spec.label}' has none")
-    out = io.prepare_output(config.output, "export", overwrite=config.overwrite, inputs=(config.model, config.dev_file))
+    if config.dev_file is not None:
+        read_dev(spec, config.dev_file)
+    if config.opset < DYNAMO_MIN_OPSET and not (config.fuse and spec.config.model_type == "bert"):
+        raise BortError(f"--opset {config.opset} needs the fused BERT export; the dynamo exporter writes opset "
+                        f"{DYNAMO_MIN_OPSET} or newer: pass --opset {DYNAMO_MIN_OPSET}")
+    out = io.prepare_output(config.output, "export", overwrite=config.overwrite, inputs=(config.model, config.dev_file),
+                            resumable=False)
     module = spec.build(head=True)
     fp32 = out / "model.onnx"
     fusions = export_module(module, spec, fp32, config.opset, config.fuse)
     report: dict[str, Any] = {"model": spec.label, "source": spec.source, "output": str(out),
                               "pretrained_weights": spec.weights is not None,
                               "inputs": input_names(spec.config), "outputs": output_names(module),
-                              "files": {"onnx": str(fp32)}, "opset": config.opset, "fused_ops": fusions}
+                              "files": {"onnx": str(fp32)}, "opset": written_opset(fp32), "fused_ops": fusions}
     sessions = {"onnx": ort_session(fp32, config.threads)}
     report["check"] = compare(module, sessions["onnx"], spec)
     if not report["check"]["max_abs_diff"] <= config.tolerance:  # NaN is not a pass

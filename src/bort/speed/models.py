@@ -85,6 +85,7 @@ def resolve(spec: str | os.PathLike) -> SpeedModel:
     path = Path(spec)
     if path.is_dir():
         weights = spec if any((path / f).is_file() for f in WEIGHT_FILES) else None
+        io.check_weights(path)
     else:
         weights = None if spec in io.PRESETS or path.is_file() else spec  # hub name: from_pretrained
     return SpeedModel(label=label or _label(spec), source=spec, config=config, family=family,

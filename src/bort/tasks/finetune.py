@@ -139,9 +139,7 @@ def train(source: str | os.PathLike, task: Task, examples: list[Example], config
                     folder, fingerprint, desc=f"fine-tune {task.name} seed {config.seed}", progress=config.progress)
     engine.run(resume=resume)
     if io.is_main():
-        with io.writing(folder / "model.safetensors"):
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
+        io.save_model(folder, model, tokenizer)
         io.write_json(folder / DONE, {"steps": steps, "n_train": len(examples), "fingerprint": fingerprint})
         io.remove_checkpoints(engine.checkpoint_dir)  # the model is saved: its checkpoints are spent
     io.barrier()
@@ -282,7 +280,9 @@ def latency_of(model: torch.nn.Module, tokenizer: Any, task: Task, seq_len: int 
 
 
 def task_tokenizer(source: str, max_seq_len: int) -> Any:
-    """The model's tokenizer, once its config says inputs of `max_seq_len` tokens fit: checked before any work."""
+    """The model's tokenizer, once its config says inputs of `max_seq_len` tokens fit and its weights are whole:
+    checked before any work."""
+    io.check_weights(source)
     if hasattr(config := io.load_config(source), "max_position_embeddings") and max_seq_len > positions(config):
         raise BortError(f"--max-seq-len {max_seq_len} exceeds the {positions(config)} positions of {source}; use at "
                         f"most {positions(config)}")
