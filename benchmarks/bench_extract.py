@@ -62,7 +62,7 @@ def grid(out: Path, common: dict) -> dict:
         "wall_seconds_search": s["seconds"], "wall_seconds_total": round(time.perf_counter() - started, 1),
         "candidates_trained": s["candidates"], "arms_trained": sum(r["arms"] for r in s["rungs"]),
         "rungs": s["rungs"], "n": s["n"], "epsilon": s["epsilon"],
-        "chosen": s["unconstrained_optimum"]["arch"],
+        "chosen": s["w_optimum"]["arch"],
         "params_fraction": chosen.params / result.search.maximum.params,
         "effective_params_fraction": chosen.effective_params / result.search.maximum.effective_params,
         "latency_ms_bert_large": round(large_ms, 2), "latency_ms_chosen": round(chosen_ms, 2),

@@ -10,7 +10,6 @@ from collections import Counter
 import pytest
 from transformers import AutoModel
 
-from bort.agora.labelling import Labeller
 from bort.agora.rounds import THETA_KEYS, carve_dev, neighbours
 from bort.agora.transforms import NeighbourSubstitution, Similarity, make_transform
 from bort.cli import main
@@ -19,6 +18,7 @@ from bort.errors import BortError
 from bort.io import load_tokenizer
 from bort.tasks import get_task
 from bort.tasks.finetune import train
+from bort.tasks.teacher import TaskTeacher
 
 
 def test_theta_is_one_grid_grammar_in_every_command(tmp_path):
@@ -81,11 +81,11 @@ def test_labeller_label_set_must_match(tmp_path, shared_data, tiny_model):
     folder = tmp_path / "rte-labeller"
     train(tiny_model, rte, rte.load("train", shared_data)[:4], FinetuneConfig(
         task="RTE", output=str(folder), max_steps=1, batch_size=2, max_seq_len=16, progress=False), folder)
-    assert Labeller(folder, rte).names == ["entailment", "not_entailment"]
+    assert TaskTeacher(folder, rte, role="labeller").names == ["entailment", "not_entailment"]
     with pytest.raises(BortError, match=r"label set \(entailment, not_entailment\) differs from task CB"):
-        Labeller(folder, get_task("CB"))
+        TaskTeacher(folder, get_task("CB"), role="labeller")
     with pytest.raises(BortError, match="not a fine-tuned classifier"):
-        Labeller(tiny_model, rte)
+        TaskTeacher(tiny_model, rte, role="labeller")
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:

@@ -241,6 +241,7 @@ def test_damaged_weights_are_one_line_in_every_command(tmp_path, capsys, shared_
     (["extract", "--family", "mlp", "--theta", "lr=-1"], "--lr must be above 0, not -1"),
     (["extract", "--family", "mlp", "--theta", "lr=nan"], "--lr must be a finite number"),
     (["extract", "--family", "mlp", "--steps", "0"], "--steps must be at least 1"),
+    (["extract", "--family", "mlp", "--speedup", "1000"], "no candidate in the space meets --speedup 1000 (the"),
     (["finetune", "--task", "rte", "--lr", "-1"], "--lr must be above 0"),
     (["finetune", "--task", "rte", "--lr", "nan"], "--lr must be a finite number"),
     (["finetune", "--task", "rte", "--max-steps", "0"], "--max-steps must be at least 1"),

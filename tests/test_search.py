@@ -71,8 +71,20 @@ def test_constraints_pick_a_feasible_finalist(tmp_path):
     limit = sorted(c.params for c in make_search().pool)[2]
     result = make_search(constraints=Constraints(max_params=limit)).run(ResultsStore(tmp_path))
     assert result.constrained is not None and result.constrained.params <= limit
-    with pytest.raises(BortError, match="no candidate in the space satisfies"):
+    with pytest.raises(BortError, match="no candidate in the space meets --max-params 1 "):
         make_search(constraints=Constraints(max_params=1))
+
+
+@pytest.mark.parametrize("speedup", [1.5, 3.0])
+def test_a_speedup_target_chooses_the_most_accurate_finalist_that_meets_it(tmp_path, speedup):
+    result = make_search(constraints=Constraints(min_speedup=speedup)).run(ResultsStore(tmp_path))
+    fast_enough = [c for c in result.finalists if result.maximum.ops / c.ops >= speedup]
+    assert fast_enough and result.constrained is min(fast_enough, key=lambda c: (c.error, -c.W))
+    assert result.chosen is max(result.finalists, key=lambda c: c.W)  # the W-optimum is still reported beside it
+    assert result.constrained.error <= result.chosen.error or result.maximum.ops / result.chosen.ops < speedup
+    fastest = max(result.maximum.ops / c.ops for c in make_search().pool)
+    with pytest.raises(BortError, match=rf"meets --speedup 1000 \(the fastest is {fastest:.1f}x faster"):
+        make_search(constraints=Constraints(min_speedup=1000))
 
 
 def test_store_ignores_a_line_cut_short_and_appends_after_it(tmp_path):

@@ -164,3 +164,65 @@ def test_resume_after_a_crash_continues_the_same_trajectory(tmp_path, shared_dat
         assert torch.allclose(a, b, atol=1e-6), name
     with pytest.raises(BortError, match="finished run in .* was made with other settings.*lr"):
         ft.train(tiny_model, task, data, FinetuneConfig(**{**config.to_dict(), "lr": 1e-3}), tmp_path / "crashed")
+
+
+# -- task distillation ------------------------------------------------------------------------------------------
+
+def test_distillation_loss_matches_hand_computed_values():
+    from bort.engine.task import TaskObjective
+
+    class Fixed(torch.nn.Module):  # a "model" whose logits are given, so the loss can be computed by hand
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = torch.nn.Parameter(torch.tensor(logits))
+
+        def forward(self, **_):
+            return type("Out", (), {"logits": self.logits})()
+
+    student, teacher, gold, alpha, t = [[1.0, 0.0], [0.0, 2.0]], [[3.0, 1.0], [0.5, 0.5]], [0, 1], 0.3, 2.0
+    terms = TaskObjective(Fixed(student), regression=False, alpha=alpha, temperature=t)(
+        {"labels": torch.tensor(gold), "teacher": torch.tensor(teacher)})
+
+    def softmax(row, temp=1.0):
+        e = [math.exp(v / temp) for v in row]
+        return [v / sum(e) for v in e]
+
+    ce = -sum(math.log(softmax(s)[g]) for s, g in zip(student, gold, strict=True)) / 2
+    kl = sum(sum(p * math.log(p / q) for p, q in zip(softmax(tt, t), softmax(s, t), strict=True))
+             for s, tt in zip(student, teacher, strict=True)) / 2 * t**2
+    assert terms["gold"].item() == pytest.approx(ce, rel=1e-5) and terms["kd"].item() == pytest.approx(kl, rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(alpha * ce + (1 - alpha) * kl, rel=1e-5)
+    scores = TaskObjective(Fixed([[0.5], [2.0]]), regression=True, alpha=alpha)(
+        {"labels": torch.tensor([1.0, 1.0]), "teacher": torch.tensor([0.0, 3.0])})
+    mse_gold, mse_teacher = (0.25 + 1.0) / 2, (0.25 + 1.0) / 2
+    assert scores["loss"].item() == pytest.approx(alpha * mse_gold + (1 - alpha) * mse_teacher)
+
+
+def test_finetune_with_a_teacher_distils_from_its_outputs(tmp_path, shared_data, tiny_model, capsys):
+    from bort.cli import main
+
+    common = ["finetune", "--task", "rte", "--data-dir", str(shared_data), "--max-steps", "3", "--batch-size", "4",
+              "--max-seq-len", "32", "--max-train-samples", "16", "--no-latency", "--quiet", "--model",
+              str(tiny_model)]
+    assert main([*common, "--output", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--output", str(tmp_path / "made-teacher"), "--teacher-from", str(tiny_model)]) == 0
+    made = json.loads((tmp_path / "made-teacher" / "metrics.json").read_text())
+    teacher = tmp_path / "made-teacher" / "teacher"
+    assert made["teacher"] == str(teacher) and "accuracy" in made["teacher_dev"] and "distilled" in made
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "made-teacher" / "distilled" / "seed-0")
+    capsys.readouterr()
+    # alpha 1 ignores the teacher's outputs: the same batches and weights as plain fine-tuning
+    assert main([*common, "--output", str(tmp_path / "alpha1"), "--teacher", str(teacher), "--alpha", "1"]) == 0
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "plain").state_dict()
+    same = AutoModelForSequenceClassification.from_pretrained(tmp_path / "alpha1").state_dict()
+    assert all(torch.allclose(plain[k], same[k], atol=1e-6) for k in plain)
+    assert main([*common, "--output", str(tmp_path / "kd"), "--teacher", str(teacher), "--alpha", "0"]) == 0
+    kd = AutoModelForSequenceClassification.from_pretrained(tmp_path / "kd").state_dict()
+    assert not all(torch.allclose(plain[k], kd[k], atol=1e-6) for k in plain)
+    log = [json.loads(line) for line in (tmp_path / "kd" / "distilled" / "seed-0" / "metrics.jsonl").open()]
+    assert all("kd" in r and "gold" in r for r in log if r["kind"] == "train")
+    capsys.readouterr()
+    code = main([*common[:2], "cb", *common[3:], "--output", str(tmp_path / "cb"), "--teacher", str(teacher)])
+    text = capsys.readouterr().err
+    assert code == 2 and "label set (entailment, not_entailment) differs from task CB" in text
+    assert not (tmp_path / "cb").exists()

@@ -115,10 +115,12 @@ def run_extract(settings: cfg.ExtractConfig, args: argparse.Namespace) -> None:
     print(f"Pareto front at the full budget (top 10 by W):\n{format_table(front, names, search.maximum, measured)}")
     print(f"W-optimal: {','.join(names)} = {','.join(map(str, search.chosen.arch))}  "
           f"(params x{search.chosen.params / search.maximum.params:.3f}, W = {search.chosen.W:.4f})")
-    if search.constrained is not None:
-        print(f"under the constraints: {','.join(map(str, search.constrained.arch))} (W = {search.constrained.W:.4f})")
-    elif any(v is not None for v in (settings.max_params, settings.max_effective_params, settings.max_latency_ms)):
-        print("no finalist satisfies the constraints; the W-optimum is reported instead")
+    if (target := result.summary["target"]) and search.constrained is not None:
+        c = search.constrained
+        print(f"most accurate meeting {target}: {','.join(names)} = {','.join(map(str, c.arch))}  (ê = {c.error:.4f}, "
+              f"{search.maximum.speed(measured) / c.speed(measured):.1f}x faster than the source, W = {c.W:.4f})")
+    elif target:
+        print(f"no finalist meets {target}; the W-optimum is reported instead")
     print(f"results in {result.output}")
 
 
@@ -145,12 +147,13 @@ def run_finetune(settings: cfg.AgoraConfig, args: argparse.Namespace) -> None:
         out = finetune(settings.model, settings.task, settings.output, config=plain).summary
     if not io.is_main():
         return
-    methods = [m for m in ("plain", "agora") if m in out]
+    methods = [m for m in ("plain", "distilled", "agora") if m in out]
     print(f"{out['task']} (official dev, mean ± std over seeds {', '.join(out[methods[0]]['seeds'])}):")
     for metric in out[methods[0]]["mean"]:
         print(f"  {metric:>22}: " + "   ".join(f"{m} {format_score(out[m], metric)}" for m in methods))
-    if out.get("labeller_dev"):
-        print(f"  labeller: {json.dumps({k: round(v, 4) for k, v in out['labeller_dev'].items()})}")
+    for role in ("teacher", "labeller"):
+        if out.get(f"{role}_dev"):
+            print(f"  {role}: {json.dumps({k: round(v, 4) for k, v in out[f'{role}_dev'].items()})}")
     if "cpu_latency_ms" in out:
         print(f"  CPU latency (batch 1, seq 128): {out['cpu_latency_ms']} ms" + (
             f" (WARNING: {out['latency_warning']})" if "latency_warning" in out else ""))

@@ -193,6 +193,9 @@ class ExtractConfig(DistillConfig, RunConfig):
     speed: str = option("ops", "i(ξ): analytic operation count, or measured latency", choices=("ops", "measured"))
     latency_batch_size: int = option(1, "reference shape of i(ξ): batch size", minimum=1)
     latency_seq_len: int = option(128, "reference shape of i(ξ): sequence length", minimum=1)
+    speedup: float | None = option(None, "target: at least K times faster than the source (operation count, or "
+                                         "measured latency with --speed measured); with any target, the most accurate "
+                                         "finalist (lowest ê) that meets them all is chosen", minimum=1, metavar="K")
     max_params: float | None = option(None, "target: at most this many parameters", above=0)
     max_effective_params: float | None = option(None, "target: at most this many non-embedding parameters", above=0)
     max_latency_ms: float | None = option(None, "target: measured latency at the reference shape", above=0)
@@ -249,6 +252,20 @@ class FinetuneConfig(TrainConfig):
     label_column: str = option("label", "custom task: label column")
     kind: str = option("classification", "custom task: head kind", choices=("classification", "regression"))
     measure_latency: bool = option(True, "skip the CPU latency measurement", flag="--no-latency", identity=False)
+    teacher: str | None = option(None, "model fine-tuned on this task: the student also learns its outputs (task "
+                                       "distillation)", metavar="DIR", group="task distillation")
+    teacher_from: str | None = option(None, "model to fine-tune on the task first (seed 0, same settings), then use "
+                                            "as --teacher", metavar="MODEL", group="task distillation")
+    alpha: float = option(0.5, "weight of the gold-label loss; 1 - alpha goes to the teacher's outputs", minimum=0,
+                          maximum=1, group="task distillation")
+    temperature: float = option(2.0, "softmax temperature of the teacher's and the student's logits", above=0,
+                                group="task distillation")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.teacher and self.teacher_from:
+            raise BortError("pass one of --teacher DIR (fine-tuned on the task) or --teacher-from MODEL (fine-tuned "
+                            "here first), not both")
 
     def task_files(self) -> dict[str, Any]:
         """The custom-task options (empty for a registered task)."""

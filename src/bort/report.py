@@ -51,7 +51,7 @@ def plot_pareto(path: Path, candidates: Sequence[Candidate], chosen: Candidate, 
                    label=f"W-optimal {','.join(map(str, chosen.arch))}")
         if constrained is not None and constrained is not chosen:
             ax.scatter([getattr(constrained, attr) / scale], [constrained.error], marker="D", s=80, c="tab:green",
-                       label=f"constrained {','.join(map(str, constrained.arch))}")
+                       label=f"target's choice {','.join(map(str, constrained.arch))}")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("surrogate error ê")

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from bort import io
-from bort.agora.labelling import Labeller
 from bort.agora.transforms import Similarity, load_encoder, make_transform
 from bort.config import AgoraConfig, FinetuneConfig, parse_theta
 from bort.errors import BortError
 from bort.tasks import finetune as ft
 from bort.tasks.registry import Example, Task
+from bort.tasks.teacher import TaskTeacher
 
 THETA_KEYS = ("lr", "weight_decay", "warmup", "batch_size", "epochs")  # what Θ varies between Agora's sets
 
@@ -86,7 +86,7 @@ class AgoraRun:
     """The rounds of one seed, persisted in `folder` (resumable at any point)."""
 
     def __init__(self, source: str, task: Task, train_part: list[Example], dev: list[Example],
-                 configs: list[FinetuneConfig], folder: Path, labeller: Labeller, transform, similarity: Similarity,
+                 configs: list[FinetuneConfig], folder: Path, labeller: TaskTeacher, transform, similarity: Similarity,
                  tokenizer: Any, rounds: int, samples_per_mistake: int, band: tuple[float, float], prune: float,
                  max_mistakes: int | None):
         self.__dict__.update(locals())
@@ -175,18 +175,6 @@ def _agreement(rows: list[dict[str, Any]]) -> float | None:
     return round(sum(r["example"]["label"] == r["source"]["label"] for r in rows) / len(rows), 4) if rows else None
 
 
-def _labeller(config: AgoraConfig, task: Task, data: ft.TaskData, out: Path) -> tuple[str, dict[str, float] | None]:
-    """The labeller folder: given, or fine-tuned first on the whole official train split (seed 0)."""
-    if config.labeller:
-        return str(config.labeller), None
-    folder, cfg = out / "labeller", replace(config, seed=0)
-    tokenizer = io.load_tokenizer(config.labeller_from)
-    net, steps = ft.train(str(config.labeller_from), task, data.train, cfg, folder, resume=True, tokenizer=tokenizer)
-    metrics = ft.finish_run(net, tokenizer, data, cfg, folder, config.labeller_from, steps, "labeller") \
-        if io.is_main() else None
-    return str(folder), metrics
-
-
 def agora(config: AgoraConfig) -> dict[str, Any]:
     """Agora fine-tuning of `config.model` on `config.task` (one run per seed); with `compare`, plain too. Θ
     (`config.theta`) is a grid on top of the plain hyperparameters; `band` bounds the cosine similarity of a generated
@@ -201,16 +189,16 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
     if bool(config.labeller) == bool(config.labeller_from):
         raise BortError("Agora needs exactly one of --labeller DIR (fine-tuned on the task) or "
                         "--labeller-from MODEL (fine-tuned here first)")
-    if config.labeller:
-        Labeller(config.labeller, spec, config.max_seq_len)  # a labeller for other labels fails before any work
-    for model in filter(None, (config.labeller_from, config.infill_model)):
-        io.check_weights(model)
+    ft.check_teacher(config.labeller, config.labeller_from, spec, config.max_seq_len, role="labeller")
+    if config.infill_model:
+        io.check_weights(config.infill_model)
     tokenizer, encoder = ft.task_tokenizer(source, config.max_seq_len), load_encoder(source)
     inputs = (config.model, config.data_dir, config.labeller, config.labeller_from, config.infill_model,
               config.train_file, config.dev_file, config.test_file)
     out = io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs)
-    labeller_dir, labeller_metrics = _labeller(config, spec, data, out)
-    judge = Labeller(labeller_dir, spec, config.max_seq_len)
+    labeller_dir, labeller_metrics = ft.fine_tuned_teacher(config, spec, data, out, config.labeller,
+                                                           config.labeller_from, role="labeller")
+    judge = TaskTeacher(labeller_dir, spec, config.max_seq_len, role="labeller")
     changer = make_transform(config.transform, encoder, tokenizer, config.replace_fraction, config.infill_model)
     similarity = Similarity(encoder, tokenizer, config.max_seq_len)
     result: dict[str, Any] = {"task": spec.name, "benchmark": spec.benchmark, "metrics": list(spec.metrics),

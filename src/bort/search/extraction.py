@@ -102,15 +102,16 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
         cache, shape = LatencyCache(), (config.latency_batch_size, config.latency_seq_len)
         latency = io.broadcast({a: cache.measure(fam, a, *shape) for a in [*points, fam.maximum()]}
                                if rank == 0 else None).__getitem__
-    inputs = (config.source, config.teacher, config.space, *config.corpus)
-    out = io.prepare_output(config.output, "extract", config.resume, config.overwrite, inputs)
-
     as_int = lambda v: None if v is None else int(v)  # noqa: E731
-    constraints = Constraints(as_int(config.max_params), as_int(config.max_effective_params), config.max_latency_ms)
+    constraints = Constraints(as_int(config.max_params), as_int(config.max_effective_params), config.max_latency_ms,
+                              config.speedup)
     search = FPTAS(fam, points, surrogate, thetas, config.epsilon, config.steps, config.speed == "measured", latency,
                    config.latency_batch_size, config.latency_seq_len, constraints, config.halving, seed=config.seed)
+    inputs = (config.source, config.teacher, config.space, *config.corpus)
+    out = io.prepare_output(config.output, "extract", config.resume, config.overwrite, inputs)
+    targets = {k: v for k, v in constraints.__dict__.items() if k != "reference_speed"}
     settings = {**config.identity(), "source": fam.fingerprint(), "teacher": teacher_name, "space": space.values,
-                "thetas": thetas, "steps": search.steps, "constraints": constraints.__dict__}
+                "thetas": thetas, "steps": search.steps, "constraints": targets}
     store = ResultsStore(out, rank)
     if rank == 0:
         store.open(settings, resume=config.resume)
@@ -185,9 +186,10 @@ def candidate_summary(c: Candidate, names, maximum: Candidate | None = None) -> 
 def summarize(fam: Family, result: SearchResult, settings: dict[str, Any], predicted: float, seconds: float,
               world: int) -> dict[str, Any]:
     names = fam.param_names
+    target = Constraints(**settings["constraints"]).describe() or None
     return {"chosen": candidate_summary(result.constrained or result.chosen, names, result.maximum),
-            "unconstrained_optimum": candidate_summary(result.chosen, names, result.maximum),
-            "constrained": result.constrained is not None, "source": candidate_summary(result.maximum, names),
+            "w_optimum": candidate_summary(result.chosen, names, result.maximum), "target": target,
+            "target_met": result.constrained is not None, "source": candidate_summary(result.maximum, names),
             "epsilon": settings["epsilon"], "n": result.steps, "thetas": settings["thetas"],
             "rungs": [{"steps": s, "arms": a} for s, a in result.rungs], "space_size": result.space_size,
             "invalid": result.invalid, "candidates": len(result.candidates), "dominated_out": result.dominated_out,

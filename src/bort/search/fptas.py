@@ -52,17 +52,30 @@ def arm_seed(seed: int, arch: Arch, theta: int) -> int:
 
 @dataclass
 class Constraints:
+    """The user's targets. A search with targets chooses the most accurate finalist (lowest ê) that meets them all;
+    `min_speedup` is relative to the maximum point's speed (operation count, or measured latency), which the search
+    sets as `reference_speed`."""
+
     max_params: int | None = None
     max_effective_params: int | None = None
     max_latency_ms: float | None = None
+    min_speedup: float | None = None
+    reference_speed: float | None = None
 
     def __bool__(self) -> bool:
-        return any(v is not None for v in (self.max_params, self.max_effective_params, self.max_latency_ms))
+        return any(v is not None for v in (self.max_params, self.max_effective_params, self.max_latency_ms,
+                                           self.min_speedup))
 
-    def allows(self, c: Candidate) -> bool:
+    def allows(self, c: Candidate, measured: bool = False) -> bool:
         return ((self.max_params is None or c.params <= self.max_params)
                 and (self.max_effective_params is None or c.effective_params <= self.max_effective_params)
-                and (self.max_latency_ms is None or (c.latency_ms is not None and c.latency_ms <= self.max_latency_ms)))
+                and (self.max_latency_ms is None or (c.latency_ms is not None and c.latency_ms <= self.max_latency_ms))
+                and (self.min_speedup is None or c.speed(measured) * self.min_speedup <= self.reference_speed))
+
+    def describe(self) -> str:
+        flags = (("--speedup", self.min_speedup), ("--max-params", self.max_params),
+                 ("--max-effective-params", self.max_effective_params), ("--max-latency-ms", self.max_latency_ms))
+        return " ".join(f"{flag} {value:g}" for flag, value in flags if value is not None)
 
 
 @dataclass(eq=False)
@@ -87,7 +100,7 @@ class SearchResult:
     candidates: list[Candidate]  # every candidate that was trained at least once
     maximum: Candidate
     chosen: Candidate  # W-optimal among the finalists (trained for n(ε) steps)
-    constrained: Candidate | None  # W-optimal among finalists that satisfy the constraints
+    constrained: Candidate | None  # the target's choice: the lowest ê among the finalists that meet the targets
     space_size: int
     invalid: dict[str, int]
     dominated_out: int  # valid points T does not strictly dominate (W <= 0)
@@ -135,11 +148,13 @@ class FPTAS:
         self.dominated_out, self._by_arch = len(everything) - len(self.pool), {c.arch: c for c in self.pool}
         if not self.pool:
             raise BortError("no candidate is smaller and cheaper than the maximum point; widen the space")
-        if self.constraints and not any(self.constraints.allows(c) for c in self.pool):
-            raise BortError("no candidate in the space satisfies the constraints; relax --max-params / "
-                            "--max-effective-params / --max-latency-ms or widen the space")
+        self.constraints.reference_speed = self.maximum.speed(measured_speed)
+        if self.constraints and not any(self._allowed(c) for c in self.pool):
+            fastest = self.maximum.speed(measured_speed) / min(c.speed(measured_speed) for c in self.pool)
+            raise BortError(f"no candidate in the space meets {self.constraints.describe()} (the fastest is "
+                            f"{fastest:.1f}x faster than the source); relax the targets or widen the space")
         arms = len(self.pool) * len(self.thetas)
-        feasible = sum(self.constraints.allows(c) for c in self.pool) * len(self.thetas) if self.constraints else 0
+        feasible = sum(self._allowed(c) for c in self.pool) * len(self.thetas) if self.constraints else 0
         # the best feasible arms are promoted beside the best ones: at most ceil(feasible / η^k) more at rung k
         self.rungs = [(s, min(arms, a + (math.ceil(feasible / eta**k) if k else 0)))
                       for k, (s, a) in enumerate(rung_schedule(self.steps, arms, eta, halving))]
@@ -219,13 +234,18 @@ class FPTAS:
         store.add(ev)
         return ev
 
+    def _allowed(self, c: Candidate) -> bool:
+        return self.constraints.allows(c, self.measured)
+
     def _promote(self, arms, results) -> list[tuple[Arch, int]]:
-        """The best 1/η arms by W, plus the best 1/η of those that satisfy the constraints."""
+        """The best 1/η arms by W, plus the best 1/η by ê of those that meet the targets (the target's choice is the
+        most accurate of them, so that is what keeps them alive)."""
         ranked = sorted(arms, key=lambda a: (-w_coefficient(self._by_arch[a[0]], self.maximum, self.measured,
                                                             results[a].error), a))
         keep = ranked[:math.ceil(len(arms) / self.eta)]
         if self.constraints:
-            feasible = [a for a in ranked if self.constraints.allows(self._by_arch[a[0]])]
+            feasible = sorted((a for a in arms if self._allowed(self._by_arch[a[0]])),
+                              key=lambda a: (results[a].error, a))
             keep += [a for a in feasible[:math.ceil(len(feasible) / self.eta)] if a not in keep]
         return sorted(keep)
 
@@ -244,7 +264,8 @@ class FPTAS:
             c.pareto = on_front
         final = sorted({self._by_arch[a] for a, _ in finalists if self._by_arch[a].steps == final_steps},
                        key=lambda c: (-c.W, c.arch))
-        feasible = [c for c in final if self.constraints.allows(c)] if self.constraints else []
+        feasible = sorted((c for c in final if self._allowed(c)), key=lambda c: (c.error, -c.W, c.arch)) \
+            if self.constraints else []
         return SearchResult(candidates=evaluated, maximum=self.maximum, chosen=final[0], finalists=final,
                             constrained=feasible[0] if feasible else None, space_size=0, invalid={}, seconds=seconds,
                             dominated_out=self.dominated_out, rungs=self.rungs, steps=self.steps,

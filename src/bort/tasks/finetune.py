@@ -63,10 +63,12 @@ def targets(task: Task, examples: list[Example]) -> torch.Tensor:
 
 
 class TaskBatches:
-    """The rows of each step: a seeded permutation of the train set per epoch, sliced into global batches."""
+    """The rows of each step: a seeded permutation of the train set per epoch, sliced into global batches. With
+    `soft` (a teacher's outputs, one row per example, computed once), each batch carries its rows' `teacher`."""
 
-    def __init__(self, task: Task, examples: list[Example], tokenizer: Any, config: FinetuneConfig):
-        self.task, self.examples, self.tokenizer, self.config = task, examples, tokenizer, config
+    def __init__(self, task: Task, examples: list[Example], tokenizer: Any, config: FinetuneConfig,
+                 soft: torch.Tensor | None = None):
+        self.task, self.examples, self.tokenizer, self.config, self.soft = task, examples, tokenizer, config, soft
         self._epoch, self._order = -1, []
 
     def steps(self, world: int) -> int:
@@ -83,8 +85,10 @@ class TaskBatches:
             generator = torch.Generator().manual_seed(c.seed * 100_003 + epoch)
             self._epoch, self._order = epoch, torch.randperm(n, generator=generator).tolist()
         start = offset * global_batch + (micro * world + rank) * c.batch_size
-        rows = [self.examples[self._order[(start + j) % n]] for j in range(c.batch_size)]
-        return {**encode(self.tokenizer, self.task, rows, c.max_seq_len), "labels": targets(self.task, rows)}
+        index = [self._order[(start + j) % n] for j in range(c.batch_size)]
+        rows = [self.examples[i] for i in index]
+        batch = {**encode(self.tokenizer, self.task, rows, c.max_seq_len), "labels": targets(self.task, rows)}
+        return batch if self.soft is None else {**batch, "teacher": self.soft[index]}
 
 
 @torch.inference_mode()
@@ -115,27 +119,31 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, task: Task, examples: list[
 
 
 def train(source: str | os.PathLike, task: Task, examples: list[Example], config: FinetuneConfig,
-          folder: str | os.PathLike, resume: bool = False, tokenizer: Any = None) -> tuple[torch.nn.Module, int]:
+          folder: str | os.PathLike, resume: bool = False, tokenizer: Any = None,
+          soft: np.ndarray | None = None) -> tuple[torch.nn.Module, int]:
     """Fine-tune `source` on `examples`; save a stock folder in `folder`. Returns (model, optimizer steps). A folder
     holding a finished run with the same settings is loaded, not retrained (other settings are an error); with `resume`,
-    a checkpoint left by a crash is continued."""
+    a checkpoint left by a crash is continued. `soft`, a teacher's outputs for `examples`, adds task distillation
+    (`config.alpha`, `config.temperature`)."""
     if not examples:
         raise BortError(f"task {task.name}: the train set is empty")
     folder = Path(folder)
     tokenizer = tokenizer or io.load_tokenizer(source)
-    batches = TaskBatches(task, examples, tokenizer, config)
+    batches = TaskBatches(task, examples, tokenizer, config, None if soft is None else torch.as_tensor(soft).float())
     world = io.process()[1]
     steps = batches.steps(world)
     fingerprint = io.strict_json({**{k: v for k, v in config.identity().items() if k in FinetuneConfig.names()},
                                   "max_steps": steps, "source": str(source), "task": task.name,
-                                  "n_train": len(examples), "world": world})
+                                  "n_train": len(examples), "world": world, "distilled": soft is not None})
     if (folder / DONE).is_file():
         saved = io.read_json(folder / DONE)
         io.same_settings(saved.get("fingerprint", {}), fingerprint, f"the finished run in {folder}")
         return load_task_model(folder, task), saved["steps"]
     torch.manual_seed(config.seed)
     model = load_task_model(source, task)
-    engine = Engine(TaskObjective(model, task.kind == "regression"), batches, replace(config, max_steps=steps),
+    objective = TaskObjective(model, task.kind == "regression", config.alpha if soft is not None else 1.0,
+                              config.temperature)
+    engine = Engine(objective, batches, replace(config, max_steps=steps),
                     folder, fingerprint, desc=f"fine-tune {task.name} seed {config.seed}", progress=config.progress)
     engine.run(resume=resume)
     if io.is_main():
@@ -289,6 +297,28 @@ def task_tokenizer(source: str, max_seq_len: int) -> Any:
     return io.load_tokenizer(source)
 
 
+def fine_tuned_teacher(config: FinetuneConfig, task: Task, data: TaskData, out: Path, given: str | None,
+                       start_from: str | None, role: str = "teacher") -> tuple[str | None, dict[str, float] | None]:
+    """The teacher's folder: `given` as it is, or `start_from` fine-tuned here first on the whole train split (seed 0,
+    plain, the run's settings) in `out/<role>`, with its official-dev scores."""
+    if given or not start_from:
+        return given, None
+    folder, cfg = out / role, replace(config, seed=0, teacher=None, teacher_from=None)
+    tokenizer = io.load_tokenizer(start_from)
+    net, steps = train(str(start_from), task, data.train, cfg, folder, resume=True, tokenizer=tokenizer)
+    metrics = finish_run(net, tokenizer, data, cfg, folder, start_from, steps, role) if io.is_main() else None
+    return str(folder), metrics
+
+
+def check_teacher(given: str | None, start_from: str | None, task: Task, max_seq_len: int, role: str = "teacher"):
+    """A teacher for another label set, or damaged weights, fail before any work; returns the loaded teacher."""
+    from bort.tasks.teacher import TaskTeacher
+
+    if start_from:
+        io.check_weights(start_from)
+    return TaskTeacher(given, task, max_seq_len, role=role) if given else None
+
+
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune `config.model` on `config.task` once per seed; official-dev metrics per seed and mean ± std. Writes
     `<output>/plain/seed-<s>/` (a stock model folder with card, metrics, dev predictions and test submission files), the
@@ -297,21 +327,35 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     spec = resolve_task(config.task, **config.task_files())
     data = load_data(spec, config.data_dir, config.max_train_samples)
     tokenizer = task_tokenizer(source, config.max_seq_len)
-    inputs = (config.model, config.data_dir, config.train_file, config.dev_file, config.test_file)
+    teacher = check_teacher(config.teacher, config.teacher_from, spec, config.max_seq_len)
+    inputs = (config.model, config.data_dir, config.train_file, config.dev_file, config.test_file, config.teacher,
+              config.teacher_from)
     out = io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs)
+    teacher_dir, teacher_dev = fine_tuned_teacher(config, spec, data, out, config.teacher, config.teacher_from)
+    soft = None
+    if teacher_dir is not None:  # the teacher's outputs for every train point, once, shared by every seed
+        from bort.tasks.teacher import TaskTeacher
+
+        soft = (teacher or TaskTeacher(teacher_dir, spec, config.max_seq_len)).outputs(data.train)
+    method = "distilled" if soft is not None else "plain"
     runs, folders, first = {}, {}, None
     for seed in config.seeds:
         cfg = replace(config, seed=seed)
-        folders[seed] = out / "plain" / f"seed-{seed}"
-        net, steps = train(source, spec, data.train, cfg, folders[seed], resume=config.resume, tokenizer=tokenizer)
+        folders[seed] = out / method / f"seed-{seed}"
+        net, steps = train(source, spec, data.train, cfg, folders[seed], resume=config.resume, tokenizer=tokenizer,
+                           soft=soft)
         if io.is_main():
-            runs[seed] = finish_run(net, tokenizer, data, cfg, folders[seed], source, steps, "plain")
+            note = f"Task distillation from `{teacher_dir}` (alpha {config.alpha}, T {config.temperature})." \
+                if soft is not None else ""
+            runs[seed] = finish_run(net, tokenizer, data, cfg, folders[seed], source, steps, method, note)
         first = first or net
     if not io.is_main():
         return {}
     result = {"task": spec.name, "benchmark": spec.benchmark, "metrics": list(spec.metrics), "model": source,
-              "n_train": len(data.train), "plain": summarise(runs),
+              "n_train": len(data.train), method: summarise(runs),
               "best_seed": publish_best(out, folders, runs, spec.metrics[0])}
+    if teacher_dir is not None:
+        result.update(teacher=teacher_dir, teacher_dev=teacher_dev, alpha=config.alpha, temperature=config.temperature)
     if config.measure_latency and first is not None:
         result.update(latency_of(first, tokenizer, spec))
     io.write_json(out / "metrics.json", result)

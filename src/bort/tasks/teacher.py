@@ -1,10 +1,14 @@
-"""The labeller: a second model already fine-tuned on the task, which labels Agora's generated points."""
+"""A task teacher: a model already fine-tuned on the task. It gives soft targets for task distillation
+(`bort finetune --teacher`) and labels Agora's generated points (`--labeller`); one class, checked against the
+task's label set before any work."""
 
 from __future__ import annotations
 
 import os
 import re
 from typing import Any
+
+import numpy as np
 
 from bort import io
 from bort.errors import BortError
@@ -15,44 +19,48 @@ GENERIC = re.compile(r"^LABEL_\d+$")
 
 
 def label_names(config: Any, task: Task, where: str) -> list[Any]:
-    """The task label each labeller output index means; a labeller built for other labels is an error."""
+    """The task label each output index of the model at `where` means; a model built for other labels is an error."""
     archs = " ".join(config.architectures or [])
     if task.kind == "multiple_choice":
         if "ForMultipleChoice" not in archs:
-            raise BortError(f"labeller {where} is not a multiple-choice model ({archs or 'no architecture'}); "
+            raise BortError(f"{where} is not a multiple-choice model ({archs or 'no architecture'}); "
                             f"task {task.name} needs one")
         return []
     if task.kind == "regression":
         if config.num_labels != 1:
-            raise BortError(f"labeller {where} predicts {config.num_labels} labels; task {task.name} is a "
+            raise BortError(f"{where} predicts {config.num_labels} labels; task {task.name} is a "
                             "regression (1 output)")
         return []
     names = [str(config.id2label[i]) for i in range(config.num_labels)]
     if "ForSequenceClassification" not in archs:
-        raise BortError(f"labeller {where} is not a fine-tuned classifier ({archs or 'no architecture'}); pass a "
-                        "model fine-tuned on the task, or --labeller-from MODEL to fine-tune one first")
+        raise BortError(f"{where} is not a fine-tuned classifier ({archs or 'no architecture'}); pass a model "
+                        "fine-tuned on the task, or name a model to fine-tune first (--teacher-from / --labeller-from)")
     if len(names) != len(task.labels) or (not all(GENERIC.match(n) for n in names)
                                           and set(names) != set(task.labels)):
-        raise BortError(f"labeller {where} label set ({', '.join(names)}) differs from task {task.name}'s "
+        raise BortError(f"{where} label set ({', '.join(names)}) differs from task {task.name}'s "
                         f"({', '.join(task.labels)})")
     return list(task.labels) if all(GENERIC.match(n) for n in names) else names
 
 
-class Labeller:
-    """Predicts task labels for new points with a fine-tuned model folder (checked against the task)."""
+class TaskTeacher:
+    """A model fine-tuned on the task: its raw outputs (soft targets) and its labels for any examples."""
 
-    def __init__(self, folder: str | os.PathLike, task: Task, max_seq_len: int = 128, batch_size: int = 64):
+    def __init__(self, folder: str | os.PathLike, task: Task, max_seq_len: int = 128, batch_size: int = 64,
+                 role: str = "teacher"):
         config = io.load_config(folder)
-        self.names = label_names(config, task, str(folder))
+        self.names = label_names(config, task, f"{role} {folder}")
         kind = "multiple-choice" if task.kind == "multiple_choice" else "classification"
         self.model = io.load_model(folder, kind, config)
         self.tokenizer = io.load_tokenizer(folder)
         self.task, self.max_seq_len, self.batch_size, self.folder = task, max_seq_len, batch_size, str(folder)
 
+    def outputs(self, examples: list[Example]) -> np.ndarray:
+        """Logits (n, classes or choices), or scores (n,) for regression: the soft targets of distillation."""
+        return predict(self.model, self.tokenizer, self.task, examples, self.max_seq_len, self.batch_size)
+
     def label(self, examples: list[Example]) -> list[Any]:
         """Task labels (class names, scores or choice indices) of the examples."""
-        preds = decide(self.task, predict(self.model, self.tokenizer, self.task, examples, self.max_seq_len,
-                                          self.batch_size))
+        preds = decide(self.task, self.outputs(examples))
         if self.task.kind == "classification":
             return [self.names[int(p)] for p in preds]
         return [int(p) for p in preds] if self.task.kind == "multiple_choice" else [float(p) for p in preds]
