@@ -18,6 +18,7 @@ import csv
 import errno
 import importlib.util
 import json
+import logging
 import math
 import os
 import shutil
@@ -28,6 +29,7 @@ from typing import Any
 
 from bort.errors import BortError
 
+log = logging.getLogger("bort")
 MARKER = ".bort-run.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 KEEP_CHECKPOINTS = 2
@@ -41,6 +43,7 @@ PRESETS: dict[str, dict[str, int]] = {
 MODEL_CLASSES = {"base": "AutoModel", "masked-lm": "AutoModelForMaskedLM",
                  "classification": "AutoModelForSequenceClassification",
                  "multiple-choice": "AutoModelForMultipleChoice"}
+NEW_HEADS = ("classifier", "pooler", "cls", "score", "qa_outputs")  # parts a new task or MLM head may add
 MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "vocab*",
                "special_tokens_map.json", "merges.txt", "*.model", "README.md")  # what `from_pretrained` reads
 
@@ -153,6 +156,22 @@ def check_weights(source: str | os.PathLike) -> None:
             raise BortError(f"{file} is damaged or incomplete ({reason}); save or download the model again") from None
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' per-file bars and reports off while bort loads or saves a model (bort says what matters)."""
+    from transformers.utils import logging as logs
+
+    verbosity, bars = logs.get_verbosity(), logs.is_progress_bar_enabled()
+    logs.set_verbosity_error()
+    logs.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logs.set_verbosity(verbosity)
+        if bars:
+            logs.enable_progress_bar()
+
+
 def load_model(source: str | os.PathLike | None, kind: str = "base", config: Any = None, **kwargs: Any):
     """A pretrained model with the head `kind` (see MODEL_CLASSES), in eval mode; never remote code."""
     import transformers
@@ -163,9 +182,15 @@ def load_model(source: str | os.PathLike | None, kind: str = "base", config: Any
     config = config if config is not None else load_config(source)
     check_weights(source)
     try:
-        return getattr(transformers, MODEL_CLASSES[kind]).from_pretrained(source, config=config, **kwargs).eval()
+        with quiet_transformers():  # its load report lists the heads bort adds on purpose; missing weights: below
+            model, info = getattr(transformers, MODEL_CLASSES[kind]).from_pretrained(
+                source, config=config, output_loading_info=True, **kwargs)
     except Exception as exc:
         raise _cannot_load(f"{kind} model weights", source, exc) from None
+    if missing := [k for k in info["missing_keys"] if not set(k.split(".")) & set(NEW_HEADS)]:
+        log.warning("%s: %d weights are not in the checkpoint and start at random, e.g. %s", source, len(missing),
+                    missing[0])
+    return model.eval()
 
 
 # -- writing ------------------------------------------------------------------------------------------------
@@ -424,7 +449,7 @@ def save_model(folder: Path, *parts: Any) -> None:
     file renamed into place: a crash or a full disk leaves the old files or the new ones, never half a weights file
     (the run's last checkpoint still holds the weights, so rerunning with --resume saves them again)."""
     tmp = folder / f".tmp-save-{os.getpid()}"
-    with writing(folder / "model.safetensors", cleanup=tmp):
+    with writing(folder / "model.safetensors", cleanup=tmp), quiet_transformers():
         shutil.rmtree(tmp, ignore_errors=True)
         for part in parts:
             part.save_pretrained(tmp)
