@@ -17,7 +17,7 @@ from bort.config import AgoraConfig, ExtractConfig, FinetuneConfig, parse_theta
 from bort.errors import BortError
 from bort.io import load_tokenizer
 from bort.tasks import get_task
-from bort.tasks.finetune import train
+from bort.tasks.finetune import load_data, train
 from bort.tasks.teacher import TaskTeacher
 
 
@@ -116,6 +116,13 @@ def test_tiny_agora_run_end_to_end_and_resume(tmp_path, shared_data, tiny_model,
     assert r1["n_train"] == r0["n_train"] + len(generated)
     plain = json.loads((out / "plain" / "seed-0" / "metrics.json").read_text())
     assert plain["steps"] == state["best"]["steps"]  # the same number of gradient steps
+    # the returned round is chosen on a half of Agora's dev split that no generated point comes from
+    cb = get_task("CB")
+    _, agora_dev = carve_dev(cb, load_data(cb, shared_data, 48).train, 0.4)
+    mistakes_from, held_out = carve_dev(cb, agora_dev, 0.5, seed=1)
+    assert (metrics["n_agora_dev"], metrics["n_selection_dev"]) == (len(mistakes_from), len(held_out))
+    held = {e.to_json()["text"] + str(e.pair) for e in held_out}
+    assert held and all(g["source"]["text"] + str(g["source"].get("pair")) not in held for g in generated)
 
     # a crash after round 0: drop round 1 and the final model, then resume: the same result, round 0 reused
     saved = dict(metrics)

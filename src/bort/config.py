@@ -292,7 +292,8 @@ class AgoraConfig(FinetuneConfig):
     infill_model: str | None = option(None, "masked-LM folder for --transform infill (e.g. a `bort pretrain` "
                                             "output)", group="Agora")
     agora_dev_fraction: float = option(0.1, "share of the official train split carved out (stratified) as Agora's "
-                                            "dev split", above=0, maximum=0.9, group="Agora")
+                                            "dev split: mistakes come from one half, the returned round is chosen "
+                                            "on the other", above=0, maximum=0.9, group="Agora")
     prune: float = option(0.5, "share of Θ's sets dropped after each round", minimum=0, maximum=0.99, group="Agora")
     max_mistakes: int | None = option(None, "use at most this many mistakes per round", minimum=1, group="Agora")
     compare: bool = option(False, "also fine-tune plainly with the same seeds and gradient steps", group="Agora")

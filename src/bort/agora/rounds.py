@@ -83,12 +83,14 @@ def neighbours(example: Example, transform, similarity: Similarity, n: int, band
 
 
 class AgoraRun:
-    """The rounds of one seed, persisted in `folder` (resumable at any point)."""
+    """The rounds of one seed, persisted in `folder` (resumable at any point). Mistakes are found on `dev` and new
+    points generated from them; sets, pruning and the returned round are chosen on `held_out`, a part of Agora's dev
+    split that nothing was generated from, so that choice stays a held-out measurement."""
 
     def __init__(self, source: str, task: Task, train_part: list[Example], dev: list[Example],
-                 configs: list[FinetuneConfig], folder: Path, labeller: TaskTeacher, transform, similarity: Similarity,
-                 tokenizer: Any, rounds: int, samples_per_mistake: int, band: tuple[float, float], prune: float,
-                 max_mistakes: int | None):
+                 held_out: list[Example], configs: list[FinetuneConfig], folder: Path, labeller: TaskTeacher,
+                 transform, similarity: Similarity, tokenizer: Any, rounds: int, samples_per_mistake: int,
+                 band: tuple[float, float], prune: float, max_mistakes: int | None):
         self.__dict__.update(locals())
         del self.__dict__["self"]
         labels = [e.label for e in train_part]
@@ -127,7 +129,8 @@ class AgoraRun:
             if score_path.is_file():
                 saved = io.read_json(score_path)
             else:
-                metrics, p = ft.evaluate(net, self.tokenizer, self.task, self.dev, self.configs[k])
+                metrics, _ = ft.evaluate(net, self.tokenizer, self.task, self.held_out, self.configs[k])
+                _, p = ft.evaluate(net, self.tokenizer, self.task, self.dev, self.configs[k])
                 saved = {"metrics": metrics, "predictions": [float(x) for x in p]}
                 if io.is_main():
                     io.write_json(score_path, saved)
@@ -181,14 +184,20 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
     segment to its source; `prune` is the share of sets dropped per round. Returns what <output>/metrics.json holds:
     `agora` (and `plain`) per seed and mean ± std on the official dev split, the labeller's official-dev scores, and
     each seed's rounds. The best seed's returned model is copied to <output>/."""
+    if bool(config.labeller) == bool(config.labeller_from):
+        raise BortError("Agora needs exactly one of --labeller DIR (fine-tuned on the task) or "
+                        "--labeller-from MODEL (fine-tuned here first)")
     source = str(config.model) if config.model else io.default_source()
     spec = ft.resolve_task(config.task, **config.task_files())
     grid = parse_theta(config.theta, config, THETA_KEYS)
     data = ft.load_data(spec, config.data_dir, config.max_train_samples)
     train_part, agora_dev = carve_dev(spec, data.train, config.agora_dev_fraction)
-    if bool(config.labeller) == bool(config.labeller_from):
-        raise BortError("Agora needs exactly one of --labeller DIR (fine-tuned on the task) or "
-                        "--labeller-from MODEL (fine-tuned here first)")
+    try:  # mistakes come from one half, the returned round is chosen on the other
+        agora_dev, held_out = carve_dev(spec, agora_dev, 0.5, seed=1)
+    except BortError:
+        raise BortError(f"task {spec.name}: Agora's dev split of {len(agora_dev)} examples is too small to halve (one "
+                        "half finds mistakes, the other chooses the round); raise --agora-dev-fraction or "
+                        "--max-train-samples") from None
     ft.check_teacher(config.labeller, config.labeller_from, spec, config.max_seq_len, role="labeller")
     if config.infill_model:
         io.check_weights(config.infill_model)
@@ -203,14 +212,15 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
     similarity = Similarity(encoder, tokenizer, config.max_seq_len)
     result: dict[str, Any] = {"task": spec.name, "benchmark": spec.benchmark, "metrics": list(spec.metrics),
                               "model": source, "labeller": labeller_dir, "labeller_dev": labeller_metrics,
-                              "n_train": len(train_part), "n_agora_dev": len(agora_dev), "transform": config.transform,
+                              "n_train": len(train_part), "n_agora_dev": len(agora_dev),
+                              "n_selection_dev": len(held_out), "transform": config.transform,
                               "band": list(config.band), "theta": grid, "rounds": {}}
     agora_runs, plain_runs, finals, first = {}, {}, {}, None
     for seed in config.seeds:
         configs = [replace(config, seed=seed, **point) for point in grid]
         sdir = out / "agora" / f"seed-{seed}"
-        state = AgoraRun(source, spec, train_part, agora_dev, configs, sdir, judge, changer, similarity, tokenizer,
-                         config.rounds, config.samples_per_mistake, config.band, config.prune,
+        state = AgoraRun(source, spec, train_part, agora_dev, held_out, configs, sdir, judge, changer, similarity,
+                         tokenizer, config.rounds, config.samples_per_mistake, config.band, config.prune,
                          config.max_mistakes).run()
         best, winner = state["best"], configs[state["best"]["set"]]
         finals[seed] = sdir / "final"
