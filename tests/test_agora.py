@@ -151,3 +151,28 @@ def test_bad_agora_input_is_one_line(tmp_path, shared_data, tiny_model, capsys):
     assert code == 2 and "exactly one of --labeller" in text
     code, text = run_cli(base + ["--task", "CB", "--agora", "--labeller", str(tiny_model)], capsys)
     assert code == 2 and "not a fine-tuned classifier" in text
+
+
+def test_agora_with_a_teacher_uses_soft_labels_and_a_uniform_control(tmp_path, shared_data, tiny_model, capsys):
+    out = tmp_path / "soft"
+    args = ["finetune", "--model", str(tiny_model), "--task", "RTE", "--data-dir", str(shared_data), "--output",
+            str(out), "--agora", "--teacher-from", str(tiny_model), "--compare", "--uniform-control", "--rounds", "2",
+            "--max-train-samples", "48", "--agora-dev-fraction", "0.4", "--samples-per-mistake", "2", "--band", "0.0",
+            "0.9999", "--epochs", "1", "--batch-size", "8", "--max-seq-len", "32", "--no-latency", "--quiet"]
+    code, text = run_cli(args, capsys)
+    assert code == 0, text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["labels"] == "soft" and {"agora", "distilled", "uniform"} <= set(metrics)
+    assert "accuracy" in metrics["majority_dev"] and "accuracy" in metrics["labeller_dev"]
+    generated = [json.loads(line) for line in (out / "agora" / "seed-0" / "round-0" / "generated.jsonl").open()]
+    assert generated and all(len(g["soft"]) == 2 and g["example"]["label"] in ("entailment", "not_entailment")
+                             for g in generated)
+    best = metrics["rounds"]["0"]["best"]
+    made = sum(r["generated"] for r in metrics["rounds"]["0"]["rounds"][:best["round"]])
+    uniform = [json.loads(line) for line in (out / "uniform" / "seed-0" / "generated.jsonl").open()]
+    assert len(uniform) == metrics["uniform_points"]["0"] == made and all("soft" in u for u in uniform)
+    steps = {m: json.loads((out / m / "seed-0" / "metrics.json").read_text())["steps"] for m in ("distilled",
+                                                                                                 "uniform")}
+    assert steps["distilled"] == steps["uniform"] == best["steps"]  # the same optimizer steps in every column
+    if metrics["labeller_dev"]["accuracy"] <= metrics["majority_dev"]["accuracy"]:
+        assert "no better than always predicting the majority" in text

@@ -147,7 +147,7 @@ def run_finetune(settings: cfg.AgoraConfig, args: argparse.Namespace) -> None:
         out = finetune(settings.model, settings.task, settings.output, config=plain).summary
     if not io.is_main():
         return
-    methods = [m for m in ("plain", "distilled", "agora") if m in out]
+    methods = [m for m in ("plain", "distilled", "uniform", "agora") if m in out]
     print(f"{out['task']} (official dev, mean ± std over seeds {', '.join(out[methods[0]]['seeds'])}):")
     for metric in out[methods[0]]["mean"]:
         print(f"  {metric:>22}: " + "   ".join(f"{m} {format_score(out[m], metric)}" for m in methods))

@@ -296,7 +296,11 @@ class AgoraConfig(FinetuneConfig):
                                             "on the other", above=0, maximum=0.9, group="Agora")
     prune: float = option(0.5, "share of Θ's sets dropped after each round", minimum=0, maximum=0.99, group="Agora")
     max_mistakes: int | None = option(None, "use at most this many mistakes per round", minimum=1, group="Agora")
-    compare: bool = option(False, "also fine-tune plainly with the same seeds and gradient steps", group="Agora")
+    compare: bool = option(False, "also fine-tune plainly (distilled, with a teacher) with the same seeds, sets and "
+                                  "optimizer steps as Agora's returned models", group="Agora")
+    uniform_control: bool = option(False, "also train the uniform-augmentation control: as many points as Agora "
+                                          "generated, by the same transform from random train points, labelled the "
+                                          "same way, with the same seeds, sets and optimizer steps", group="Agora")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -16,6 +16,7 @@ inspected, and resumed after a crash at the step it reached.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import shutil
@@ -23,14 +24,18 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bort import io
 from bort.agora.transforms import Similarity, load_encoder, make_transform
 from bort.config import AgoraConfig, FinetuneConfig, parse_theta
 from bort.errors import BortError
 from bort.tasks import finetune as ft
+from bort.tasks.metrics import compute
 from bort.tasks.registry import Example, Task
 from bort.tasks.teacher import TaskTeacher
 
+log = logging.getLogger("bort")
 THETA_KEYS = ("lr", "weight_decay", "warmup", "batch_size", "epochs")  # what Θ varies between Agora's sets
 
 
@@ -90,7 +95,7 @@ class AgoraRun:
     def __init__(self, source: str, task: Task, train_part: list[Example], dev: list[Example],
                  held_out: list[Example], configs: list[FinetuneConfig], folder: Path, labeller: TaskTeacher,
                  transform, similarity: Similarity, tokenizer: Any, rounds: int, samples_per_mistake: int,
-                 band: tuple[float, float], prune: float, max_mistakes: int | None):
+                 band: tuple[float, float], prune: float, max_mistakes: int | None, soft: np.ndarray | None = None):
         self.__dict__.update(locals())
         del self.__dict__["self"]
         labels = [e.label for e in train_part]
@@ -119,12 +124,13 @@ class AgoraRun:
     def round(self, r: int, alive: list[int]) -> dict[str, Any]:
         rdir = self.folder / f"round-{r}"
         extra = self.generated(r)
-        grown = self.train_part + [Example.from_json(g["example"]) for g in extra]
+        grown, soft = grow(self.train_part, self.soft, extra)
         scores, steps, preds = {}, {}, {}
         for k in alive:
             kdir = rdir / f"set-{k}"
             # Agora's folders belong to the run, so an interrupted set always resumes from its checkpoint
-            net, steps[k] = ft.train(self.source, self.task, grown, self.configs[k], kdir, True, self.tokenizer)
+            net, steps[k] = ft.train(self.source, self.task, grown, self.configs[k], kdir, True, self.tokenizer,
+                                     soft=soft)
             score_path = kdir / "agora_dev.json"
             if score_path.is_file():
                 saved = io.read_json(score_path)
@@ -166,11 +172,44 @@ class AgoraRun:
                                                 self.samples_per_mistake, self.band, rng):
                 rows.append({"round": r, "source_index": i, "source": self.dev[i].to_json(), "segment": segment,
                              "similarity": sim, "example": new.to_json()})
-        labels = self.labeller.label([Example.from_json(row["example"]) for row in rows])
-        for row, label in zip(rows, labels, strict=True):
-            row["example"]["label"] = label
+        label_points(self.labeller, rows, self.soft is not None)
         if io.is_main():
             io.rewrite_jsonl(path, rows)
+
+
+def label_points(labeller: TaskTeacher, rows: list[dict[str, Any]], soft: bool) -> None:
+    """The labeller's label of each generated point, and with `soft` its raw outputs (the distillation target)."""
+    outputs = labeller.outputs([Example.from_json(row["example"]) for row in rows])
+    for row, label, output in zip(rows, labeller.labels_of(outputs), outputs, strict=True):
+        row["example"]["label"] = label
+        if soft:
+            row["soft"] = output.tolist()
+
+
+def grow(train: list[Example], soft: np.ndarray | None, rows: list[dict[str, Any]]
+         ) -> tuple[list[Example], np.ndarray | None]:
+    """The train part plus generated points, with their soft targets when the run distils."""
+    grown = train + [Example.from_json(row["example"]) for row in rows]
+    if soft is None:
+        return grown, None
+    return grown, np.concatenate([soft, np.asarray([row["soft"] for row in rows], dtype=soft.dtype).reshape(
+        (len(rows), *soft.shape[1:]))])
+
+
+def uniform_points(train: list[Example], n: int, seed: int, transform, similarity: Similarity,
+                   band: tuple[float, float], per_point: int) -> list[dict[str, Any]]:
+    """The uniform-augmentation control: `n` points made by the same transform and band from random train points
+    (not from mistakes). It separates what Agora's focus on mistakes buys from what any augmentation buys."""
+    rng, rows = random.Random(seed * 7919 + 1), []
+    for _ in range(20 * max(n, 1)):  # points whose neighbours all fall outside the band give nothing
+        if len(rows) >= n:
+            break
+        i = rng.randrange(len(train))
+        for new, segment, sim in neighbours(train[i], transform, similarity, min(per_point, n - len(rows)), band,
+                                            rng):
+            rows.append({"round": None, "source_index": i, "source": train[i].to_json(), "segment": segment,
+                         "similarity": sim, "example": new.to_json()})
+    return rows
 
 
 def _agreement(rows: list[dict[str, Any]]) -> float | None:
@@ -179,14 +218,23 @@ def _agreement(rows: list[dict[str, Any]]) -> float | None:
 
 
 def agora(config: AgoraConfig) -> dict[str, Any]:
-    """Agora fine-tuning of `config.model` on `config.task` (one run per seed); with `compare`, plain too. Θ
-    (`config.theta`) is a grid on top of the plain hyperparameters; `band` bounds the cosine similarity of a generated
-    segment to its source; `prune` is the share of sets dropped per round. Returns what <output>/metrics.json holds:
-    `agora` (and `plain`) per seed and mean ± std on the official dev split, the labeller's official-dev scores, and
-    each seed's rounds. The best seed's returned model is copied to <output>/."""
-    if bool(config.labeller) == bool(config.labeller_from):
-        raise BortError("Agora needs exactly one of --labeller DIR (fine-tuned on the task) or "
-                        "--labeller-from MODEL (fine-tuned here first)")
+    """Agora fine-tuning of `config.model` on `config.task` (one run per seed); with `compare`, plain too, and with
+    `uniform_control` the same augmentation from random train points. Θ (`config.theta`) is a grid on top of the
+    plain hyperparameters; `band` bounds the cosine similarity of a generated segment to its source; `prune` is the
+    share of sets dropped per round. With a teacher (`--teacher`/`--teacher-from`) the teacher labels the generated
+    points with its soft outputs and every model is trained by task distillation; with a labeller, the points get
+    its hard labels (the paper's way). Returns what <output>/metrics.json holds: `agora` (and the controls) per seed
+    and mean ± std on the official dev split, the labeller's official-dev scores beside the majority-class score,
+    and each seed's rounds. The best seed's returned model is copied to <output>/."""
+    given = [flag for flag, value in (("--labeller", config.labeller), ("--labeller-from", config.labeller_from),
+                                      ("--teacher", config.teacher), ("--teacher-from", config.teacher_from)) if value]
+    if len(given) != 1:
+        raise BortError("Agora needs exactly one of --labeller DIR or --labeller-from MODEL (hard labels, the paper's "
+                        "way), or --teacher DIR or --teacher-from MODEL (soft labels and task distillation)"
+                        + (f"; got {' and '.join(given)}" if given else ""))
+    distil = bool(config.teacher or config.teacher_from)
+    role, labeller, labeller_from = ("teacher", config.teacher, config.teacher_from) if distil else (
+        "labeller", config.labeller, config.labeller_from)
     source = str(config.model) if config.model else io.default_source()
     spec = ft.resolve_task(config.task, **config.task_files())
     grid = parse_theta(config.theta, config, THETA_KEYS)
@@ -198,30 +246,39 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
         raise BortError(f"task {spec.name}: Agora's dev split of {len(agora_dev)} examples is too small to halve (one "
                         "half finds mistakes, the other chooses the round); raise --agora-dev-fraction or "
                         "--max-train-samples") from None
-    ft.check_teacher(config.labeller, config.labeller_from, spec, config.max_seq_len, role="labeller")
+    ft.check_teacher(labeller, labeller_from, spec, config.max_seq_len, role=role)
     if config.infill_model:
         io.check_weights(config.infill_model)
     tokenizer, encoder = ft.task_tokenizer(source, config.max_seq_len), load_encoder(source)
-    inputs = (config.model, config.data_dir, config.labeller, config.labeller_from, config.infill_model,
-              config.train_file, config.dev_file, config.test_file)
+    inputs = (config.model, config.data_dir, labeller, labeller_from, config.infill_model, config.train_file,
+              config.dev_file, config.test_file)
     out = io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs)
-    labeller_dir, labeller_metrics = ft.fine_tuned_teacher(config, spec, data, out, config.labeller,
-                                                           config.labeller_from, role="labeller")
-    judge = TaskTeacher(labeller_dir, spec, config.max_seq_len, role="labeller")
+    labeller_dir, labeller_dev = ft.fine_tuned_teacher(config, spec, data, out, labeller, labeller_from, role=role)
+    judge = TaskTeacher(labeller_dir, spec, config.max_seq_len, role=role)
+    if labeller_dev is None and io.is_main():
+        labeller_dev = ft.evaluate(judge.model, judge.tokenizer, spec, next(iter(data.dev.values())), config)[0]
+    majority = majority_score(spec, data)
+    if io.is_main() and labeller_dev[spec.metrics[0]] <= majority[spec.metrics[0]]:
+        log.warning("the %s scores %s %.4f on the official dev split, no better than always predicting the majority "
+                    "(%.4f): Agora assumes an ok-ish labeller, and its labels may hurt", role, spec.metrics[0],
+                    labeller_dev[spec.metrics[0]], majority[spec.metrics[0]])
+    soft = judge.outputs(train_part) if distil else None  # once, shared by every seed and round
     changer = make_transform(config.transform, encoder, tokenizer, config.replace_fraction, config.infill_model)
     similarity = Similarity(encoder, tokenizer, config.max_seq_len)
     result: dict[str, Any] = {"task": spec.name, "benchmark": spec.benchmark, "metrics": list(spec.metrics),
-                              "model": source, "labeller": labeller_dir, "labeller_dev": labeller_metrics,
-                              "n_train": len(train_part), "n_agora_dev": len(agora_dev),
-                              "n_selection_dev": len(held_out), "transform": config.transform,
-                              "band": list(config.band), "theta": grid, "rounds": {}}
-    agora_runs, plain_runs, finals, first = {}, {}, {}, None
+                              "model": source, "labeller": labeller_dir, "labels": "soft" if distil else "hard",
+                              "labeller_dev": labeller_dev, "majority_dev": majority, "n_train": len(train_part),
+                              "n_agora_dev": len(agora_dev), "n_selection_dev": len(held_out),
+                              "transform": config.transform, "band": list(config.band), "theta": grid, "rounds": {}}
+    baseline = "distilled" if distil else "plain"
+    runs: dict[str, dict[int, dict[str, float]]] = {"agora": {}, baseline: {}, "uniform": {}}
+    finals, first = {}, None
     for seed in config.seeds:
         configs = [replace(config, seed=seed, **point) for point in grid]
         sdir = out / "agora" / f"seed-{seed}"
         state = AgoraRun(source, spec, train_part, agora_dev, held_out, configs, sdir, judge, changer, similarity,
                          tokenizer, config.rounds, config.samples_per_mistake, config.band, config.prune,
-                         config.max_mistakes).run()
+                         config.max_mistakes, soft).run()
         best, winner = state["best"], configs[state["best"]["set"]]
         finals[seed] = sdir / "final"
         if io.is_main() and not (finals[seed] / "metrics.json").is_file():
@@ -230,26 +287,53 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
         net = ft.load_task_model(finals[seed], spec) if io.is_main() else None
         n_generated = sum(s["generated"] for s in state["rounds"][:best["round"]])
         if io.is_main():
-            agora_runs[seed] = ft.finish_run(net, tokenizer, data, winner, finals[seed], source, best["steps"], "agora",
-                                          note=f"Agora: round {best['round']}, set {best['set']}, "
-                                               f"{n_generated} generated points.")
+            runs["agora"][seed] = ft.finish_run(net, tokenizer, data, winner, finals[seed], source, best["steps"],
+                                                "agora", note=f"Agora: round {best['round']}, set {best['set']}, "
+                                                              f"{n_generated} generated points.")
         result["rounds"][str(seed)] = state
         first = first or net
+        same = replace(winner, max_steps=best["steps"])  # the controls: same seed, set and optimizer steps
         if config.compare:
-            cfg = replace(winner, max_steps=best["steps"])
-            pdir = out / "plain" / f"seed-{seed}"
-            pnet, steps = ft.train(source, spec, train_part, cfg, pdir, resume=True, tokenizer=tokenizer)
+            pdir = out / baseline / f"seed-{seed}"
+            pnet, steps = ft.train(source, spec, train_part, same, pdir, resume=True, tokenizer=tokenizer, soft=soft)
             if io.is_main():
-                plain_runs[seed] = ft.finish_run(pnet, tokenizer, data, cfg, pdir, source, steps, "plain",
-                                              note="Plain baseline of an Agora comparison: same seed, set and "
-                                                   "optimizer steps as Agora's returned model.")
+                runs[baseline][seed] = ft.finish_run(pnet, tokenizer, data, same, pdir, source, steps, baseline,
+                                                     note="Baseline of an Agora comparison: same seed, set and "
+                                                          "optimizer steps as Agora's returned model.")
+        if config.uniform_control:
+            udir = out / "uniform" / f"seed-{seed}"
+            points = udir / "generated.jsonl"
+            if not points.is_file():
+                rows = uniform_points(train_part, n_generated, seed, changer, similarity, config.band,
+                                      config.samples_per_mistake)
+                label_points(judge, rows, distil)
+                if io.is_main():
+                    io.rewrite_jsonl(points, rows)
+                io.barrier()
+            rows = io.read_jsonl(points)
+            grown, grown_soft = grow(train_part, soft, rows)
+            unet, steps = ft.train(source, spec, grown, same, udir, resume=True, tokenizer=tokenizer, soft=grown_soft)
+            if io.is_main():
+                runs["uniform"][seed] = ft.finish_run(
+                    unet, tokenizer, data, same, udir, source, steps, "uniform",
+                    note=f"Uniform-augmentation control: {len(rows)} points from random train points (Agora made "
+                         f"{n_generated}), same labeller, seed, set and optimizer steps.")
+                result.setdefault("uniform_points", {})[str(seed)] = len(rows)
     if not io.is_main():
         return {}
-    result["agora"] = ft.summarise(agora_runs)
-    result["best_seed"] = ft.publish_best(out, finals, agora_runs, spec.metrics[0])
-    if config.compare:
-        result["plain"] = ft.summarise(plain_runs)
+    result.update({name: ft.summarise(done) for name, done in runs.items() if done})
+    result["best_seed"] = ft.publish_best(out, finals, runs["agora"], spec.metrics[0])
     if config.measure_latency and first is not None:
         result.update(ft.latency_of(first, tokenizer, spec))
     io.write_json(out / "metrics.json", result)
     return result
+
+
+def majority_score(task: Task, data: ft.TaskData) -> dict[str, float]:
+    """The official-dev score of always predicting the most common train label (the mean score for regression):
+    the floor a labeller must clear for Agora's premise to hold."""
+    dev = next(iter(data.dev.values()))
+    gold = [task.label_index(e.label) for e in dev]
+    train = [task.label_index(e.label) for e in data.train]
+    guess = sum(train) / len(train) if task.kind == "regression" else max(set(train), key=train.count)
+    return compute(task.metrics, [guess] * len(dev), gold)

@@ -60,7 +60,11 @@ class TaskTeacher:
 
     def label(self, examples: list[Example]) -> list[Any]:
         """Task labels (class names, scores or choice indices) of the examples."""
-        preds = decide(self.task, self.outputs(examples))
+        return self.labels_of(self.outputs(examples))
+
+    def labels_of(self, outputs: np.ndarray) -> list[Any]:
+        """The task labels its raw outputs mean."""
+        preds = decide(self.task, outputs)
         if self.task.kind == "classification":
             return [self.names[int(p)] for p in preds]
         return [int(p) for p in preds] if self.task.kind == "multiple_choice" else [float(p) for p in preds]
