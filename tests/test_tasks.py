@@ -217,6 +217,7 @@ def test_finetune_with_a_teacher_distils_from_its_outputs(tmp_path, shared_data,
     same = AutoModelForSequenceClassification.from_pretrained(tmp_path / "alpha1").state_dict()
     assert all(torch.allclose(plain[k], same[k], atol=1e-6) for k in plain)
     assert main([*common, "--output", str(tmp_path / "kd"), "--teacher", str(teacher), "--alpha", "0"]) == 0
+    assert json.loads((tmp_path / "kd" / "metrics.json").read_text())["teacher_dev"] == made["teacher_dev"]
     kd = AutoModelForSequenceClassification.from_pretrained(tmp_path / "kd").state_dict()
     assert not all(torch.allclose(plain[k], kd[k], atol=1e-6) for k in plain)
     log = [json.loads(line) for line in (tmp_path / "kd" / "distilled" / "seed-0" / "metrics.jsonl").open()]

@@ -255,8 +255,7 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
     out = io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs)
     labeller_dir, labeller_dev = ft.fine_tuned_teacher(config, spec, data, out, labeller, labeller_from, role=role)
     judge = TaskTeacher(labeller_dir, spec, config.max_seq_len, role=role)
-    if labeller_dev is None and io.is_main():
-        labeller_dev = ft.evaluate(judge.model, judge.tokenizer, spec, next(iter(data.dev.values())), config)[0]
+    labeller_dev = labeller_dev or ft.teacher_score(judge, data, config)
     majority = majority_score(spec, data)
     if io.is_main() and labeller_dev[spec.metrics[0]] <= majority[spec.metrics[0]]:
         log.warning("the %s scores %s %.4f on the official dev split, no better than always predicting the majority "

@@ -310,6 +310,11 @@ def fine_tuned_teacher(config: FinetuneConfig, task: Task, data: TaskData, out: 
     return str(folder), metrics
 
 
+def teacher_score(teacher: Any, data: TaskData, config: FinetuneConfig) -> dict[str, float]:
+    """A given teacher's (or labeller's) scores on the official dev split, reported beside the student's."""
+    return evaluate(teacher.model, teacher.tokenizer, data.task, next(iter(data.dev.values())), config)[0]
+
+
 def check_teacher(given: str | None, start_from: str | None, task: Task, max_seq_len: int, role: str = "teacher"):
     """A teacher for another label set, or damaged weights, fail before any work; returns the loaded teacher."""
     from bort.tasks.teacher import TaskTeacher
@@ -336,7 +341,9 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     if teacher_dir is not None:  # the teacher's outputs for every train point, once, shared by every seed
         from bort.tasks.teacher import TaskTeacher
 
-        soft = (teacher or TaskTeacher(teacher_dir, spec, config.max_seq_len)).outputs(data.train)
+        teacher = teacher or TaskTeacher(teacher_dir, spec, config.max_seq_len)
+        soft = teacher.outputs(data.train)
+        teacher_dev = teacher_dev or teacher_score(teacher, data, config)
     method = "distilled" if soft is not None else "plain"
     runs, folders, first = {}, {}, None
     for seed in config.seeds:
