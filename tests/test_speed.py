@@ -189,3 +189,21 @@ def test_built_models_do_not_share_a_config(tmp_path):
     first, second = spec.build(), spec.build()
     first.set_attn_implementation("eager")
     assert second.config._attn_implementation != "eager" and spec.config._attn_implementation != "eager"
+
+
+@pytest.mark.parametrize("others,kept", [(0.0, True), (8.0, False)])
+def test_latency_measured_beside_other_jobs_is_not_cached(tmp_path, monkeypatch, others, kept):
+    import contextlib
+
+    from bort.families import get_family
+    from bort.speed import latency
+
+    @contextlib.contextmanager
+    def load():
+        yield [others]  # cores other processes kept busy while timing
+
+    monkeypatch.setattr(latency, "others_load", load)
+    cache = latency.LatencyCache(tmp_path / "latency.json")
+    mlp = get_family("mlp")
+    assert cache.measure(mlp, mlp.maximum(), repeats=2) > 0
+    assert bool(latency.LatencyCache(tmp_path / "latency.json").entries) == kept
