@@ -81,7 +81,21 @@ def test_labeller_label_set_must_match(tmp_path, shared_data, tiny_model):
     folder = tmp_path / "rte-labeller"
     train(tiny_model, rte, rte.load("train", shared_data)[:4], FinetuneConfig(
         task="RTE", output=str(folder), max_steps=1, batch_size=2, max_seq_len=16, progress=False), folder)
-    assert TaskTeacher(folder, rte, role="labeller").names == ["entailment", "not_entailment"]
+    teacher = TaskTeacher(folder, rte, role="labeller")
+    assert teacher.order == [0, 1]
+    points = rte.load("dev", shared_data)[:3]
+    reordered = tmp_path / "reordered"  # the same weights, its labels listed the other way round
+    shutil.copytree(folder, reordered)
+    config = json.loads((reordered / "config.json").read_text())
+    config["id2label"] = {"0": "not_entailment", "1": "entailment"}
+    config["label2id"] = {"not_entailment": 0, "entailment": 1}
+    (reordered / "config.json").write_text(json.dumps(config))
+    swapped = TaskTeacher(reordered, rte)
+    assert swapped.order == [1, 0]  # its outputs come back in the task's order
+    assert (swapped.outputs(points) == teacher.outputs(points)[:, ::-1]).all()
+    assert swapped.labels_of(swapped.outputs(points)) == [
+        {"entailment": "not_entailment", "not_entailment": "entailment"}[y]
+        for y in teacher.labels_of(teacher.outputs(points))]
     with pytest.raises(BortError, match=r"label set \(entailment, not_entailment\) differs from task CB"):
         TaskTeacher(folder, get_task("CB"), role="labeller")
     with pytest.raises(BortError, match="not a fine-tuned classifier"):
@@ -136,6 +150,9 @@ def test_tiny_agora_run_end_to_end_and_resume(tmp_path, shared_data, tiny_model,
     mtime = (out / "agora" / "seed-0" / "round-0" / "generated.jsonl").stat().st_mtime
     code, text = run_cli(args, capsys)
     assert code == 2 and "pass --resume" in text
+    code, text = run_cli([*args[:args.index("--band")], "--band", "0.1", "0.9", *args[args.index("--band") + 3:],
+                          "--resume"], capsys)
+    assert code == 2 and "the Agora run in" in text and "--band [0.1, 0.9] now, [0.0, 0.9999] then" in text
     code, text = run_cli(args + ["--resume"], capsys)
     assert code == 0, text
     again = json.loads((out / "metrics.json").read_text())

@@ -245,6 +245,7 @@ def test_damaged_weights_are_one_line_in_every_command(tmp_path, capsys, shared_
     (["finetune", "--task", "rte", "--lr", "-1"], "--lr must be above 0"),
     (["finetune", "--task", "rte", "--lr", "nan"], "--lr must be a finite number"),
     (["finetune", "--task", "rte", "--max-steps", "0"], "--max-steps must be at least 1"),
+    (["finetune", "--task", "mine", "--train", "train.csv"], "--train needs --dev"),
     (["pretrain", "--arch", "1,2,32,64", "--mask-prob", "1.5"], "--mask-prob must be at most 1"),
     (["pretrain", "--arch", "100000,12,768,3072"], "GiB to train, more than this machine's"),
     (["bench", "--models", "bert-base", "--threads", "-3"], "--threads must be at least 1"),
@@ -319,6 +320,7 @@ def test_a_changed_setting_is_named_with_both_values(tmp_path, capsys, shared_da
     text = one_line(capsys, *args, "--resume", "--lr", "0.001")
     assert "(--lr 0.001 now, 5e-05 then)" in text and "use the original settings, or --overwrite" in text
     assert main([*args, "--overwrite", "--lr", "0.001"]) == 0  # the fix it suggests works
+    assert main([*args, "--resume", "--lr", "0.001", "--alpha", "0.9"]) == 0  # no teacher: --alpha changes nothing
 
 
 def test_the_divergence_message_leads_to_a_run_that_works(tmp_path, capsys, tiny_model, wiki_text):
@@ -402,7 +404,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, ca
 
     monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", final_save_fails)
     text = one_line(capsys, *common, "--output", str(out), "--resume")
-    assert f"no space left on {out}" in text and "rerun with --resume" in text
+    assert f"no space left on {out}" in text and "rerun (with --resume" in text
     assert not (out / "model.safetensors").exists() and not [p for p in out.rglob(".tmp-*")]
     assert bort.io.checkpoints(out / "checkpoints")[-1].name == "checkpoint-00000004"  # the weights are not lost
     monkeypatch.undo()
@@ -424,3 +426,4 @@ def test_redirected_output_has_no_bars_no_load_reports_and_no_none(tmp_path, sha
         assert done.returncode == 0, done.stderr[-2000:]
         text = done.stdout + done.stderr
         assert "\r" not in text and "LOAD REPORT" not in text and "None" not in text, text[-2000:]
+        assert argv[0] != "finetune" or "fine-tune STS-B seed 0: 100%" in text  # progress, as log lines

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,10 @@ def test_constraints_pick_a_feasible_finalist(tmp_path):
 
 @pytest.mark.parametrize("speedup", [1.5, 3.0])
 def test_a_speedup_target_chooses_the_most_accurate_finalist_that_meets_it(tmp_path, speedup):
-    result = make_search(constraints=Constraints(min_speedup=speedup)).run(ResultsStore(tmp_path))
+    search = make_search(constraints=Constraints(min_speedup=speedup))
+    result = search.run(store := ResultsStore(tmp_path))
+    trained = Counter(steps for _, _, steps in store.evaluations())
+    assert all(trained[steps] <= arms for steps, arms in search.rungs)  # the plan is an upper bound
     fast_enough = [c for c in result.finalists if result.maximum.ops / c.ops >= speedup]
     assert fast_enough and result.constrained is min(fast_enough, key=lambda c: (c.error, -c.W))
     assert result.chosen is max(result.finalists, key=lambda c: c.W)  # the W-optimum is still reported beside it
@@ -98,7 +102,7 @@ def test_store_ignores_a_line_cut_short_and_appends_after_it(tmp_path):
     lines = store.path.read_text().splitlines()
     assert [json.loads(line)["arch"] for line in lines] == [[1, 2], [5, 6]]  # strict JSON, nothing glued
     assert "Infinity" not in store.path.read_text() and store.evaluations()[((5, 6), 0, 4)].error == math.inf
-    with pytest.raises(BortError, match=r"other settings \(--a 2 now, 1 then\)"):
+    with pytest.raises(BortError, match=r"other settings \(a 2 now, 1 then\)"):
         ResultsStore(tmp_path).open({"a": 2}, resume=True)
 
 

@@ -96,6 +96,14 @@ def _typed(name: str, kind: Any, value: Any, f) -> Any:
     return int(number) if kind is int else number
 
 
+def option_flags() -> dict[str, str]:
+    """Every option's name and its flag, over all commands (how errors name a setting)."""
+    out: dict[str, str] = {}
+    for cls in (ExtractConfig, PretrainConfig, AgoraConfig, CostConfig, BenchConfig, ExportConfig):
+        out.update({f.name: flag_of(f) for f in fields(cls) if f.metadata.get("cli", True)})
+    return out
+
+
 def make(cls: type[Options], **options: Any) -> Any:
     if unknown := sorted(set(options) - set(cls.names())):
         raise BortError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(cls.names())}")
@@ -263,6 +271,8 @@ class FinetuneConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.train_file and not self.dev_file:
+            raise BortError("--train needs --dev: every score is reported on a labelled dev split")
         if self.teacher and self.teacher_from:
             raise BortError("pass one of --teacher DIR (fine-tuned on the task) or --teacher-from MODEL (fine-tuned "
                             "here first), not both")
@@ -297,10 +307,11 @@ class AgoraConfig(FinetuneConfig):
     prune: float = option(0.5, "share of Θ's sets dropped after each round", minimum=0, maximum=0.99, group="Agora")
     max_mistakes: int | None = option(None, "use at most this many mistakes per round", minimum=1, group="Agora")
     compare: bool = option(False, "also fine-tune plainly (distilled, with a teacher) with the same seeds, sets and "
-                                  "optimizer steps as Agora's returned models", group="Agora")
+                                  "optimizer steps as Agora's returned models", group="Agora", identity=False)
     uniform_control: bool = option(False, "also train the uniform-augmentation control: as many points as Agora "
                                           "generated, by the same transform from random train points, labelled the "
-                                          "same way, with the same seeds, sets and optimizer steps", group="Agora")
+                                          "same way, with the same seeds, sets and optimizer steps", group="Agora",
+                                  identity=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +44,6 @@ PRESETS: dict[str, dict[str, int]] = {
 MODEL_CLASSES = {"base": "AutoModel", "masked-lm": "AutoModelForMaskedLM",
                  "classification": "AutoModelForSequenceClassification",
                  "multiple-choice": "AutoModelForMultipleChoice"}
-NEW_HEADS = ("classifier", "pooler", "cls", "score", "qa_outputs")  # parts a new task or MLM head may add
 MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "vocab*",
                "special_tokens_map.json", "merges.txt", "*.model", "README.md")  # what `from_pretrained` reads
 
@@ -57,6 +57,14 @@ def _partial_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def device() -> Any:
+    """This process's accelerator (its own GPU under a launcher), else the CPU."""
+    import torch
+
+    state = _partial_state()
+    return state.device if state is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def process() -> tuple[int, int]:
@@ -187,7 +195,9 @@ def load_model(source: str | os.PathLike | None, kind: str = "base", config: Any
                 source, config=config, output_loading_info=True, **kwargs)
     except Exception as exc:
         raise _cannot_load(f"{kind} model weights", source, exc) from None
-    if missing := [k for k in info["missing_keys"] if not set(k.split(".")) & set(NEW_HEADS)]:
+    # a head model's encoder weights carry its base prefix (bert.); anything else missing is the head bort adds
+    body = (lambda k: k.startswith(model.base_model_prefix + ".")) if kind != "base" else (lambda k: True)
+    if missing := [k for k in info["missing_keys"] if body(k) and "pooler" not in k.split(".")]:
         log.warning("%s: %d weights are not in the checkpoint and start at random, e.g. %s", source, len(missing),
                     missing[0])
     return model.eval()
@@ -204,7 +214,8 @@ def writing(path: Path, cleanup: Path | None = None) -> Iterator[None]:
             shutil.rmtree(cleanup, ignore_errors=True) if cleanup.is_dir() else cleanup.unlink(missing_ok=True)
         # safetensors reports its I/O errors as SafetensorError, with the OS error in the message
         if getattr(exc, "errno", None) == errno.ENOSPC or "(os error 28)" in str(exc):
-            raise BortError(f"no space left on {path.parent}; free some space and rerun with --resume") from None
+            raise BortError(f"no space left on {path.parent}; free some space and rerun (with --resume where the "
+                            "command has it: the last checkpoint is kept)") from None
         if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":
             raise BortError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}; check the folder's "
                             "permissions and free space") from None
@@ -292,12 +303,25 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return [r for r in map(record, lines) if isinstance(r, dict)]
 
 
+class _LogLines:
+    """Where tqdm writes off a terminal: each redraw becomes one log line, so a redirected log gets progress lines
+    (every 30 s) instead of carriage returns."""
+
+    def write(self, text: str) -> None:
+        if line := text.strip("\r\n "):
+            log.info(line)
+
+    def flush(self) -> None:
+        pass
+
+
 def progress_bar(total: int | None, desc: str, enabled: bool = True, **kwargs: Any):
-    """tqdm with an ETA, on a terminal only (tqdm's `disable=None`): redrawn bars would fill a redirected log with
-    carriage returns, and metrics.jsonl already records the progress of a long run."""
+    """tqdm with an ETA: redrawn on a terminal, a log line every 30 s elsewhere."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=None if enabled else True, dynamic_ncols=True, mininterval=0.5,
+    terminal = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=terminal,
+                mininterval=0.5 if terminal else 30, file=None if terminal else _LogLines(), ascii=not terminal,
                 **kwargs)
 
 
@@ -353,14 +377,17 @@ def prepare_output(output: str | os.PathLike | None, command: str, resume: bool 
 
 def same_settings(saved: dict[str, Any], current: dict[str, Any], what: str) -> None:
     """Refuse to continue `what` (a run, a checkpoint, a finished model) made with other settings, naming them."""
-    current = strict_json(current)
+    from bort.config import option_flags
+
+    current, flags = strict_json(current), option_flags()
     if differ := sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)):
         def shown(value: Any) -> str:
             text = json.dumps(value) if not isinstance(value, str) else value
             return text if len(text) <= 60 else text[:57] + "..."
 
-        changes = "; ".join(f"--{k.replace('_', '-')} {shown(current.get(k))} now, {shown(saved.get(k))} then"
-                            for k in differ[:4]) + ("; ..." if len(differ) > 4 else "")
+        # an option is named by its flag; what a run derives (train size, processes, steps) by its own name
+        changes = "; ".join(f"{flags.get(k, k.replace('_', ' '))} {shown(current.get(k))} now, "
+                            f"{shown(saved.get(k))} then" for k in differ[:4]) + ("; ..." if len(differ) > 4 else "")
         raise BortError(f"{what} was made with other settings ({changes}); use the original settings, or "
                         "--overwrite to start again")
 
@@ -450,7 +477,8 @@ def save_model(folder: Path, *parts: Any) -> None:
     (the run's last checkpoint still holds the weights, so rerunning with --resume saves them again)."""
     tmp = folder / f".tmp-save-{os.getpid()}"
     with writing(folder / "model.safetensors", cleanup=tmp), quiet_transformers():
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in folder.glob(".tmp-save-*"):  # left by a killed save: a whole copy of the weights
+            shutil.rmtree(stale, ignore_errors=True)
         for part in parts:
             part.save_pretrained(tmp)
         for file in sorted(tmp.iterdir()):

@@ -1,13 +1,15 @@
 """Agora's rounds (`bort finetune --agora`), honest by construction.
 
-Per seed: carve Agora's dev split from the official train split (stratified); then each round fine-tunes one
-student per remaining hyperparameter set of Θ (always from the pretrained student, on the grown train set),
-takes the best on Agora's dev split, generates points near its mistakes (a transformation, then a similarity
-band), labels them with the labeller, appends them to train, and keeps the best (1 - prune) share of the sets
-(at least one; once one is left, further rounds replay it on the grown data). The returned model is the best
-of all rounds on Agora's dev split; it is scored only on the official dev split, which Agora never sees.
-`compare` also fine-tunes the student plainly on the same train part with the same seed, the winning set's
-hyperparameters and the same number of optimizer steps.
+Per seed: carve Agora's dev split from the official train split (stratified) and halve it (stratified); then
+each round fine-tunes one student per remaining hyperparameter set of Θ (always from the pretrained student, on
+the grown train set), takes the best on the selection half, generates points near its mistakes on the other half
+(a transformation, then a similarity band), labels them with the labeller (hard labels) or the teacher (soft
+labels, and task distillation throughout), appends them to train, and keeps the best (1 - prune) share of the
+sets (at least one; once one is left, further rounds replay it on the grown data). The returned model is the
+best of all rounds on the selection half, from which nothing was generated; it is scored only on the official
+dev split, which Agora never sees. `compare` also fine-tunes the student without Agora, and `uniform_control` on
+as many points generated from random train points, both on the same train part with the same seed, the winning
+set's hyperparameters and the same number of optimizer steps.
 
 Everything is persisted under <output>/agora/seed-<s>/round-<r>/ (round.json with every set's score and the
 kept sets, generated.jsonl with each new point, its source point, similarity and label), so a run can be
@@ -246,18 +248,24 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
         raise BortError(f"task {spec.name}: Agora's dev split of {len(agora_dev)} examples is too small to halve (one "
                         "half finds mistakes, the other chooses the round); raise --agora-dev-fraction or "
                         "--max-train-samples") from None
-    ft.check_teacher(labeller, labeller_from, spec, config.max_seq_len, role=role)
+    checked = ft.check_teacher(labeller, labeller_from, spec, config.max_seq_len, role=role)
     if config.infill_model:
         io.check_weights(config.infill_model)
     tokenizer, encoder = ft.task_tokenizer(source, config.max_seq_len), load_encoder(source)
     inputs = (config.model, config.data_dir, labeller, labeller_from, config.infill_model, config.train_file,
               config.dev_file, config.test_file)
     out = io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs)
+    settings, identity = out / "agora" / "settings.json", config.identity()
+    if settings.is_file():  # Agora's own options (band, transform, labeller...) must match the run they continue
+        io.same_settings(io.read_json(settings), identity, f"the Agora run in {out}")
+    elif io.is_main():
+        io.write_json(settings, identity)
     labeller_dir, labeller_dev = ft.fine_tuned_teacher(config, spec, data, out, labeller, labeller_from, role=role)
-    judge = TaskTeacher(labeller_dir, spec, config.max_seq_len, role=role)
-    labeller_dev = labeller_dev or ft.teacher_score(judge, data, config)
+    judge = checked or TaskTeacher(labeller_dir, spec, config.max_seq_len, role=role)
+    if labeller_dev is None and io.is_main():
+        labeller_dev = ft.teacher_score(judge, data, config)
     majority = majority_score(spec, data)
-    if io.is_main() and labeller_dev[spec.metrics[0]] <= majority[spec.metrics[0]]:
+    if io.is_main() and labeller_dev.get(spec.metrics[0], math.inf) <= majority[spec.metrics[0]]:
         log.warning("the %s scores %s %.4f on the official dev split, no better than always predicting the majority "
                     "(%.4f): Agora assumes an ok-ish labeller, and its labels may hurt", role, spec.metrics[0],
                     labeller_dev[spec.metrics[0]], majority[spec.metrics[0]])
@@ -302,13 +310,12 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
         if config.uniform_control:
             udir = out / "uniform" / f"seed-{seed}"
             points = udir / "generated.jsonl"
-            if not points.is_file():
+            if io.is_main() and not points.is_file():
                 rows = uniform_points(train_part, n_generated, seed, changer, similarity, config.band,
                                       config.samples_per_mistake)
                 label_points(judge, rows, distil)
-                if io.is_main():
-                    io.rewrite_jsonl(points, rows)
-                io.barrier()
+                io.rewrite_jsonl(points, rows)
+            io.barrier()  # every process reads what process 0 wrote
             rows = io.read_jsonl(points)
             grown, grown_soft = grow(train_part, soft, rows)
             unet, steps = ft.train(source, spec, grown, same, udir, resume=True, tokenizer=tokenizer, soft=grown_soft)

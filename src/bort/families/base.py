@@ -7,6 +7,7 @@ only ever talks to this interface, so it works for any network with the ABnC pro
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections import Counter
@@ -105,6 +106,11 @@ def check_fits(family: Family, arch: Arch, bytes_per_param: int, purpose: str) -
 
     need = family.cost(arch).params * bytes_per_param
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit in (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")):
+        with contextlib.suppress(OSError, ValueError):  # a container's limit ("max": none), cgroup v2 or v1
+            memory = min(memory, int(limit.read_text().strip()))
+    if torch.cuda.is_available():  # training and timing happen on the GPU
+        memory = max(memory, torch.cuda.get_device_properties(0).total_memory)
     if need > memory:
         raise BortError(f"architecture {','.join(map(str, arch))} needs about {need / 2**30:,.0f} GiB to {purpose}, "
                         f"more than this machine's {memory / 2**30:,.0f} GiB; choose a smaller --arch")

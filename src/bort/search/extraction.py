@@ -109,7 +109,9 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
                    config.latency_batch_size, config.latency_seq_len, constraints, config.halving, seed=config.seed)
     inputs = (config.source, config.teacher, config.space, *config.corpus)
     out = io.prepare_output(config.output, "extract", config.resume, config.overwrite, inputs)
-    targets = {k: v for k, v in constraints.__dict__.items() if k != "reference_speed"}
+    # without --speedup the settings read as before it existed, so earlier runs still resume
+    targets = {k: v for k, v in constraints.__dict__.items()
+               if k != "reference_speed" and (v is not None or k != "min_speedup")}
     settings = {**config.identity(), "source": fam.fingerprint(), "teacher": teacher_name, "space": space.values,
                 "thetas": thetas, "steps": search.steps, "constraints": targets}
     store = ResultsStore(out, rank)

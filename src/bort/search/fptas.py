@@ -154,10 +154,11 @@ class FPTAS:
             raise BortError(f"no candidate in the space meets {self.constraints.describe()} (the fastest is "
                             f"{fastest:.1f}x faster than the source); relax the targets or widen the space")
         arms = len(self.pool) * len(self.thetas)
-        feasible = sum(self._allowed(c) for c in self.pool) * len(self.thetas) if self.constraints else 0
-        # the best feasible arms are promoted beside the best ones: at most ceil(feasible / η^k) more at rung k
-        self.rungs = [(s, min(arms, a + (math.ceil(feasible / eta**k) if k else 0)))
-                      for k, (s, a) in enumerate(rung_schedule(self.steps, arms, eta, halving))]
+        self._feasible = sum(self._allowed(c) for c in self.pool) * len(self.thetas) if self.constraints else 0
+        # the best feasible arms by ê are promoted beside the best by W: at most ceil(feasible / η^k) more at rung k
+        self._schedule = rung_schedule(self.steps, arms, eta, halving)
+        self.rungs = [(s, min(arms, a + (math.ceil(self._feasible / eta**k) if k else 0)))
+                      for k, (s, a) in enumerate(self._schedule)]
 
     @property
     def planned_steps(self) -> int:
@@ -196,7 +197,7 @@ class FPTAS:
                 done[ev.key] = ev
             results.update({arm: done[(*arm, steps)] for arm in arms})
             if level + 1 < len(self.rungs):
-                arms = self._promote(arms, results)
+                arms = self._promote(arms, results, level + 1)
         return self._result(results, arms, trained, time.perf_counter() - start)
 
     def recheck(self, store: ResultsStore, result: SearchResult, factor: int = 4, progress=None) -> dict:
@@ -237,16 +238,17 @@ class FPTAS:
     def _allowed(self, c: Candidate) -> bool:
         return self.constraints.allows(c, self.measured)
 
-    def _promote(self, arms, results) -> list[tuple[Arch, int]]:
-        """The best 1/η arms by W, plus the best 1/η by ê of those that meet the targets (the target's choice is the
-        most accurate of them, so that is what keeps them alive)."""
+    def _promote(self, arms, results, level: int) -> list[tuple[Arch, int]]:
+        """The rung's planned number of arms by W, plus (with targets) the planned number of feasible arms by ê (the
+        target's choice is the most accurate of them, so that is what keeps them alive). Each group keeps its own
+        size, so the rungs never grow past the plan."""
         ranked = sorted(arms, key=lambda a: (-w_coefficient(self._by_arch[a[0]], self.maximum, self.measured,
                                                             results[a].error), a))
-        keep = ranked[:math.ceil(len(arms) / self.eta)]
+        keep = ranked[:self._schedule[level][1]]
         if self.constraints:
             feasible = sorted((a for a in arms if self._allowed(self._by_arch[a[0]])),
                               key=lambda a: (results[a].error, a))
-            keep += [a for a in feasible[:math.ceil(len(feasible) / self.eta)] if a not in keep]
+            keep += [a for a in feasible[:math.ceil(self._feasible / self.eta**level)] if a not in keep]
         return sorted(keep)
 
     def _result(self, results, finalists, trained: int, seconds: float) -> SearchResult:

@@ -30,6 +30,7 @@ from bort.tasks.metrics import compute, mean_std
 from bort.tasks.registry import Example, Task, get_task
 
 DONE = "train_state.json"  # written last: its presence means the folder holds a finished model
+DISTILLATION_OPTIONS = ("teacher", "teacher_from", "alpha", "temperature")
 
 
 def load_task_model(source: str | os.PathLike, task: Task) -> torch.nn.Module:
@@ -132,9 +133,11 @@ def train(source: str | os.PathLike, task: Task, examples: list[Example], config
     batches = TaskBatches(task, examples, tokenizer, config, None if soft is None else torch.as_tensor(soft).float())
     world = io.process()[1]
     steps = batches.steps(world)
-    fingerprint = io.strict_json({**{k: v for k, v in config.identity().items() if k in FinetuneConfig.names()},
-                                  "max_steps": steps, "source": str(source), "task": task.name,
-                                  "n_train": len(examples), "world": world, "distilled": soft is not None})
+    unused = () if soft is not None else DISTILLATION_OPTIONS  # they change nothing in a run without a teacher
+    fingerprint = io.strict_json({**{k: v for k, v in config.identity().items() if k in FinetuneConfig.names()
+                                     and k not in unused}, "max_steps": steps, "source": str(source),
+                                  "task": task.name, "n_train": len(examples), "world": world,
+                                  **({"distilled": True} if soft is not None else {})})
     if (folder / DONE).is_file():
         saved = io.read_json(folder / DONE)
         io.same_settings(saved.get("fingerprint", {}), fingerprint, f"the finished run in {folder}")
@@ -220,12 +223,8 @@ def _plain(value: Any) -> Any:
 def evaluate_folder(model: torch.nn.Module, tokenizer: Any, data: TaskData, config: FinetuneConfig,
                     folder: Path) -> dict[str, float]:
     """Score on the official dev split(s), write dev predictions and test submissions into `folder`."""
-    task, metrics, rows_out = data.task, {}, []
-    for split, rows in data.dev.items():
-        scores, preds = evaluate(model, tokenizer, task, rows, config)
-        metrics.update({k + task.metric_suffix(split): v for k, v in scores.items()})
-        rows_out += [{"split": split, "idx": _plain(e.idx), "label": e.label, "prediction": _submitted(task, p)}
-                     for e, p in zip(rows, preds, strict=True)]
+    task = data.task
+    metrics, rows_out = dev_scores(model, tokenizer, data, config)
     io.rewrite_jsonl(folder / "dev_predictions.jsonl", rows_out)
     for split, rows in data.test.items():
         outputs = predict(model, tokenizer, task, rows, config.max_seq_len, config.eval_batch_size)
@@ -311,8 +310,20 @@ def fine_tuned_teacher(config: FinetuneConfig, task: Task, data: TaskData, out: 
 
 
 def teacher_score(teacher: Any, data: TaskData, config: FinetuneConfig) -> dict[str, float]:
-    """A given teacher's (or labeller's) scores on the official dev split, reported beside the student's."""
-    return evaluate(teacher.model, teacher.tokenizer, data.task, next(iter(data.dev.values())), config)[0]
+    """A given teacher's (or labeller's) scores on the official dev split(s), reported beside the student's."""
+    return dev_scores(teacher.model, teacher.tokenizer, data, config)[0]
+
+
+def dev_scores(model: torch.nn.Module, tokenizer: Any, data: TaskData, config: FinetuneConfig
+               ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The task's metrics on every official dev split (suffixed per split, e.g. _mm), and the predictions."""
+    task, metrics, rows_out = data.task, {}, []
+    for split, rows in data.dev.items():
+        scores, preds = evaluate(model, tokenizer, task, rows, config)
+        metrics.update({k + task.metric_suffix(split): v for k, v in scores.items()})
+        rows_out += [{"split": split, "idx": _plain(e.idx), "label": e.label, "prediction": _submitted(task, p)}
+                     for e, p in zip(rows, preds, strict=True)]
+    return metrics, rows_out
 
 
 def check_teacher(given: str | None, start_from: str | None, task: Task, max_seq_len: int, role: str = "teacher"):
@@ -320,14 +331,15 @@ def check_teacher(given: str | None, start_from: str | None, task: Task, max_seq
     from bort.tasks.teacher import TaskTeacher
 
     if start_from:
-        io.check_weights(start_from)
+        task_tokenizer(start_from, max_seq_len)  # its positions and weights
     return TaskTeacher(given, task, max_seq_len, role=role) if given else None
 
 
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune `config.model` on `config.task` once per seed; official-dev metrics per seed and mean ± std. Writes
-    `<output>/plain/seed-<s>/` (a stock model folder with card, metrics, dev predictions and test submission files), the
-    best seed's model at `<output>/`, and `<output>/metrics.json`."""
+    `<output>/plain/seed-<s>/` (`distilled/` with a teacher: a stock model folder with card, metrics, dev predictions
+    and test submission files), the teacher in `<output>/teacher/` with `teacher_from`, the best seed's model at
+    `<output>/`, and `<output>/metrics.json`."""
     source = str(config.model) if config.model else io.default_source()
     spec = resolve_task(config.task, **config.task_files())
     data = load_data(spec, config.data_dir, config.max_train_samples)
@@ -343,7 +355,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
 
         teacher = teacher or TaskTeacher(teacher_dir, spec, config.max_seq_len)
         soft = teacher.outputs(data.train)
-        teacher_dev = teacher_dev or teacher_score(teacher, data, config)
+        if teacher_dev is None and io.is_main():
+            teacher_dev = teacher_score(teacher, data, config)
     method = "distilled" if soft is not None else "plain"
     runs, folders, first = {}, {}, None
     for seed in config.seeds:

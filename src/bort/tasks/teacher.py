@@ -12,7 +12,7 @@ import numpy as np
 
 from bort import io
 from bort.errors import BortError
-from bort.tasks.finetune import decide, predict
+from bort.tasks.finetune import decide, predict, task_tokenizer
 from bort.tasks.registry import Example, Task
 
 GENERIC = re.compile(r"^LABEL_\d+$")
@@ -48,23 +48,23 @@ class TaskTeacher:
     def __init__(self, folder: str | os.PathLike, task: Task, max_seq_len: int = 128, batch_size: int = 64,
                  role: str = "teacher"):
         config = io.load_config(folder)
-        self.names = label_names(config, task, f"{role} {folder}")
+        names = label_names(config, task, f"{role} {folder}")
+        # its output columns in the task's label order: a teacher may order the same labels differently
+        self.order = [names.index(label) for label in task.labels] if task.kind == "classification" else None
         kind = "multiple-choice" if task.kind == "multiple_choice" else "classification"
-        self.model = io.load_model(folder, kind, config)
-        self.tokenizer = io.load_tokenizer(folder)
+        self.tokenizer = task_tokenizer(folder, max_seq_len)  # its positions and weights, checked before any work
+        self.model = io.load_model(folder, kind, config).to(io.device())
         self.task, self.max_seq_len, self.batch_size, self.folder = task, max_seq_len, batch_size, str(folder)
 
     def outputs(self, examples: list[Example]) -> np.ndarray:
-        """Logits (n, classes or choices), or scores (n,) for regression: the soft targets of distillation."""
-        return predict(self.model, self.tokenizer, self.task, examples, self.max_seq_len, self.batch_size)
-
-    def label(self, examples: list[Example]) -> list[Any]:
-        """Task labels (class names, scores or choice indices) of the examples."""
-        return self.labels_of(self.outputs(examples))
+        """Logits (n, classes or choices) in the task's label order, or scores (n,) for regression: the soft
+        targets of distillation."""
+        out = predict(self.model, self.tokenizer, self.task, examples, self.max_seq_len, self.batch_size)
+        return out[:, self.order] if self.order is not None else out
 
     def labels_of(self, outputs: np.ndarray) -> list[Any]:
-        """The task labels its raw outputs mean."""
+        """The task labels its raw outputs (from `outputs`) mean."""
         preds = decide(self.task, outputs)
         if self.task.kind == "classification":
-            return [self.names[int(p)] for p in preds]
+            return [self.task.labels[int(p)] for p in preds]
         return [int(p) for p in preds] if self.task.kind == "multiple_choice" else [float(p) for p in preds]
