@@ -18,6 +18,8 @@ from bort.distill.pretrain import pretrain as run_pretrain
 from bort.families import Family, parse_arch, resolve_family
 from bort.families import register_family as _register_family
 from bort.families.base import check_fits
+from bort.pipeline import RunResult
+from bort.pipeline import run as run_pipeline
 from bort.search.extraction import ExtractionResult
 from bort.search.extraction import extract as run_extract
 from bort.search.surrogate import Surrogate, register_surrogate
@@ -25,8 +27,8 @@ from bort.speed.bench import BenchResult
 from bort.speed.bench import bench as run_bench
 from bort.speed.latency import LatencyCache
 
-__all__ = ["BenchResult", "CostResult", "ExportResult", "ExtractionResult", "PretrainResult", "TaskResult", "agora",
-           "bench", "cost", "export", "extract", "finetune", "pretrain", "register_family"]
+__all__ = ["BenchResult", "CostResult", "ExportResult", "ExtractionResult", "PretrainResult", "RunResult", "TaskResult",
+           "agora", "bench", "cost", "export", "extract", "finetune", "pretrain", "register_family", "run"]
 
 
 def _options(cls: type[cfg.Options], config: cfg.Options | None, given: dict[str, Any], **options: Any) -> Any:
@@ -72,6 +74,13 @@ class ExportResult:
 
     def to_dict(self) -> dict[str, Any]:
         return self.report
+
+
+def run(source: str | os.PathLike | None, task: str, output: str | os.PathLike, *,
+        config: cfg.PipelineConfig | None = None, **options: Any) -> RunResult:
+    """`bort run`: teacher, search for the target, pre-training, task distillation, ONNX and a report, resumable."""
+    return run_pipeline(_options(cfg.PipelineConfig, config, {"source": source, "task": task, "output": output},
+                                 **options))
 
 
 def register_family(name: str, factory, surrogate=None) -> None:

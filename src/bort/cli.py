@@ -29,8 +29,9 @@ COMMANDS: dict[str, tuple[type[cfg.Options], str]] = {
                                   "(Bort step 3)"),
     "bench": (cfg.BenchConfig, "time several models side by side (runtimes x batch sizes x lengths)"),
     "export": (cfg.ExportConfig, "export a model to ONNX (optionally int8), checked against PyTorch"),
+    "run": (cfg.PipelineConfig, "from a source model and a task to a deployable small model, with a report"),
 }
-TRAINING = ("extract", "pretrain", "finetune")
+TRAINING = ("extract", "pretrain", "finetune", "run")
 REPORTS = ("cost", "bench", "export")  # print a JSON report with --json, or write it to --json FILE
 
 
@@ -184,8 +185,19 @@ def run_export(settings: cfg.ExportConfig, args: argparse.Namespace) -> None:
     report(args, out, "\n".join(lines))
 
 
+def run_pipeline(settings: cfg.PipelineConfig, args: argparse.Namespace) -> None:
+    out = bort.run(settings.source, settings.task, settings.output, config=settings)
+    if io.is_main():
+        s = out.summary
+        speed = ", ".join(f"{rt} {v:.1f}x" for rt, v in s["speedup"].items())
+        print(f"student {','.join(map(str, s['architecture'].values()))} for {s['task']}: dev "
+              f"{json.dumps({k: round(v, 4) for k, v in s['student']['dev'].items()})}; faster than the teacher: "
+              f"{speed}\nmodel in {s['final_model']}; report in {out.output / 'report.html'}")
+
+
 RUNNERS = {"cost": run_cost, "extract": run_extract, "pretrain": run_pretrain, "finetune": run_finetune,
-           "bench": run_bench, "export": run_export}
+           "bench": run_bench, "export": run_export,
+           "run": run_pipeline}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log = logging.getLogger("bort")
-    log.handlers[:] = [handler]
+    log.handlers[:], log.propagate = [handler], False  # one line each, whatever a library adds to the root logger
     log.setLevel(logging.INFO if io.is_main() else logging.WARNING)
     try:
         settings = options(args)

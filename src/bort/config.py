@@ -96,14 +96,6 @@ def _typed(name: str, kind: Any, value: Any, f) -> Any:
     return int(number) if kind is int else number
 
 
-def option_flags() -> dict[str, str]:
-    """Every option's name and its flag, over all commands (how errors name a setting)."""
-    out: dict[str, str] = {}
-    for cls in (ExtractConfig, PretrainConfig, AgoraConfig, CostConfig, BenchConfig, ExportConfig):
-        out.update({f.name: flag_of(f) for f in fields(cls) if f.metadata.get("cli", True)})
-    return out
-
-
 def make(cls: type[Options], **options: Any) -> Any:
     if unknown := sorted(set(options) - set(cls.names())):
         raise BortError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(cls.names())}")
@@ -404,3 +396,46 @@ def parse_theta(theta: str | list | dict | None, base: Options, keys: tuple[str,
         points.append(clean)
         type(base)(**{**base.to_dict(), **clean})  # each point is checked like the flags it overrides
     return points or [{}]
+
+
+@dataclass(kw_only=True)
+class PipelineConfig(RunConfig):
+    """`bort run`: from a source model and a task to a deployable small model, with a report."""
+
+    source: str | None = option(None, "source model with weights: folder or hub name (default: the embedded MiniLM); "
+                                      "the teacher's starting point, the search's maximum and the student's slice")
+    task: str = like(FinetuneConfig, "task", None, required=True)
+    output: str = like(RunConfig, "output", None, required=True)
+    data_dir: str | None = like(FinetuneConfig, "data_dir", None)
+    train_file: str | None = like(FinetuneConfig, "train_file", None)
+    dev_file: str | None = like(FinetuneConfig, "dev_file", None)
+    text_column: str = like(FinetuneConfig, "text_column", "text")
+    pair_column: str | None = like(FinetuneConfig, "pair_column", None)
+    label_column: str = like(FinetuneConfig, "label_column", "label")
+    kind: str = like(FinetuneConfig, "kind", "classification")
+    teacher: str | None = option(None, "a model already fine-tuned on the task, used as given (skips the teacher "
+                                       "stage)", metavar="DIR")
+    agora: bool = option(False, "fine-tune the student with Agora (soft labels from the teacher)")
+    speedup: float | None = like(ExtractConfig, "speedup", 4.0)
+    max_latency_ms: float | None = like(ExtractConfig, "max_latency_ms", None)
+    max_params: float | None = like(ExtractConfig, "max_params", None)
+    speed: str = like(ExtractConfig, "speed", "measured")
+    budget_minutes: float = option(60.0, "time for all stages, split by the rule in the README", above=0)
+    seeds: list[int] = like(FinetuneConfig, "seeds", [0])
+    corpus: list[str] = like(DistillConfig, "corpus", [])
+    max_train_samples: int | None = like(FinetuneConfig, "max_train_samples", None)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.train_file and not self.dev_file:
+            raise BortError("--train needs --dev: every score is reported on a labelled dev split")
+        if not any(v is not None for v in (self.speedup, self.max_latency_ms, self.max_params)):
+            raise BortError("name a target: --speedup K, --max-latency-ms or --max-params")
+
+
+def option_flags() -> dict[str, str]:
+    """Every option's name and its flag, over all commands (how errors name a setting)."""
+    out: dict[str, str] = {}
+    for cls in (ExtractConfig, PretrainConfig, AgoraConfig, CostConfig, BenchConfig, ExportConfig):
+        out.update({f.name: flag_of(f) for f in fields(cls) if f.metadata.get("cli", True)})
+    return out

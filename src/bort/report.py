@@ -62,6 +62,29 @@ def plot_pareto(path: Path, candidates: Sequence[Candidate], chosen: Candidate, 
     plt.close(fig)
 
 
+def plot_curve(metrics: Path, path: Path) -> None:
+    """The held-out loss terms of a training run (its metrics.jsonl eval records) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [r for r in bort_io.read_jsonl(metrics) if r.get("kind") == "eval"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in sorted({k for r in evals for k in r} - {"kind", "step"}):
+        points = [(r["step"], r[key]) for r in evals if isinstance(r.get(key), int | float)]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker=".", label=key)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.set_title("pre-training: held-out loss terms")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def human(n: float) -> str:
     """12_345_678 -> '12.3M': readable sizes from 40 parameters (the toy) to 335M (BERT-large)."""
     for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):

@@ -1,0 +1,380 @@
+"""`bort run`: from a source model and a task to a deployable small model and a report, in six resumable stages.
+
+1. teacher/   the source fine-tuned on the task (skipped with --teacher DIR, used as given);
+2. extract/   the search with the user's target (--speedup, --max-latency-ms, --max-params);
+3. pretrain/  general distillation of the chosen architecture from the source, sliced from it (--init source);
+4. student/   task distillation from the teacher (with Agora and soft labels when --agora);
+5. onnx/      fp32 and int8 export; int8 is kept only within 1 point of fp32 on the dev split;
+6. report.md, report.html and summary.json: teacher vs student, timed side by side.
+
+The budget: each stage gets a share of --budget-minutes (SHARES; without a teacher stage its share goes to the
+others in proportion), turned into optimizer steps through one measured training step of the source on the task's
+batches, scaled to every other model by the analytic operation count. The plan is fixed when the run starts and kept
+in plan.json, so a rerun continues with the same steps. Each stage records the options it depends on, chained to
+the stage before it: rerunning the same command skips finished stages and continues the one it reached; a changed
+option re-runs from the first stage it affects.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bort import io
+from bort.agora.rounds import agora
+from bort.config import (
+    AgoraConfig,
+    BenchConfig,
+    ExportConfig,
+    ExtractConfig,
+    FinetuneConfig,
+    PipelineConfig,
+    PretrainConfig,
+    make,
+)
+from bort.distill.pretrain import pretrain
+from bort.errors import BortError
+from bort.families.bert import BertFamily
+from bort.search.extraction import extract, load_space
+from bort.search.fptas import FPTAS, Constraints
+from bort.speed.bench import bench
+from bort.speed.export import export
+from bort.speed.latency import LatencyCache, time_call
+from bort.tasks import finetune as ft
+
+log = logging.getLogger("bort")
+STAGES = ("teacher", "extract", "pretrain", "student", "onnx", "report")
+SHARES = {"teacher": 0.30, "extract": 0.15, "pretrain": 0.30, "student": 0.20, "onnx": 0.05}
+PRETRAIN_BATCH, SEARCH_BATCH, STUDENT_ROUNDS = (16, 128), (8, 64), 3
+IMAGES = ("speed.png", "extract/pareto.png", "pretrain_curve.png")  # relative to the run folder
+
+
+@dataclass
+class RunResult:
+    """What `bort run` made; `summary` is what summary.json holds."""
+
+    output: Path
+    summary: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.summary
+
+
+def run(config: PipelineConfig) -> RunResult:
+    source = str(config.source) if config.source else io.default_source()
+    task = ft.resolve_task(config.task, **_task_files(config))
+    data = ft.load_data(task, config.data_dir, config.max_train_samples)
+    tokenizer = ft.task_tokenizer(source, config.max_seq_len)
+    ft.check_teacher(config.teacher, None, task, config.max_seq_len)
+    family = BertFamily(source)
+    targets = Constraints(None if config.max_params is None else int(config.max_params), None, config.max_latency_ms,
+                          config.speedup)
+    _check_targets(family, config, targets)
+    out = io.prepare_output(config.output, "run", config.resume, config.overwrite,
+                            (config.source, config.data_dir, config.train_file, config.dev_file, config.teacher,
+                             *config.corpus))
+    plan = _plan(out, config, family, task, data, tokenizer, source)
+    records_path = out / "stages.json"
+    records = io.read_json(records_path) if records_path.is_file() else {}
+    started, chain, results = time.perf_counter(), "", {}
+    for number, stage in enumerate(STAGES, 1):
+        options = _stage_options(stage, config, plan, source)
+        chain = hashlib.sha256((chain + json.dumps(options, sort_keys=True, default=str)).encode()).hexdigest()
+        record = records.get(stage, {})
+        if record.get("key") == chain and record.get("done"):
+            log.info(f"stage {number}/{len(STAGES)} {stage}: done earlier, skipped")
+            results[stage] = record["result"]
+            continue
+        folder = out / stage
+        continuing = record.get("key") == chain and folder.exists()
+        log.info(f"stage {number}/{len(STAGES)} {stage}: {'continuing' if continuing else 'starting'} "
+                 f"({plan['minutes'].get(stage, 0):.1f} min planned; {(time.perf_counter() - started) / 60:.1f} min "
+                 "elapsed)")
+        records[stage] = {"key": chain, "done": False, "options": options}
+        if io.is_main():
+            io.write_json(records_path, records)
+        tick = time.perf_counter()
+        results[stage] = STAGE_RUNNERS[stage](config, plan, source, task, out, results, continuing)
+        records[stage] = {**records[stage], "done": True, "seconds": round(time.perf_counter() - tick, 1),
+                          "result": results[stage]}
+        if io.is_main():
+            io.write_json(records_path, records)
+    return RunResult(out, results["report"])
+
+
+def _task_files(config: PipelineConfig) -> dict[str, Any]:
+    names = ("train_file", "dev_file", "text_column", "pair_column", "label_column", "kind")
+    return {k: getattr(config, k) for k in names} if config.train_file else {}
+
+
+def _check_targets(family: BertFamily, config: PipelineConfig, targets: Constraints) -> None:
+    """An unmeetable target is one line before any stage: the search's own check, on the default space."""
+    settings = ExtractConfig(source=config.source, speedup=config.speedup, max_params=config.max_params,
+                             max_latency_ms=config.max_latency_ms, speed=config.speed)
+    points = load_space(family, settings.space).points(family)
+    latency = None
+    if config.speed == "measured" or config.max_latency_ms is not None:
+        cache = LatencyCache()
+        latency = {a: cache.measure(family, a) for a in [*points, family.maximum()]}.__getitem__
+    FPTAS(family, points, lambda *a: 1.0, [{}], measured_speed=config.speed == "measured", latency=latency,
+          constraints=targets)
+
+
+def _plan(out: Path, config: PipelineConfig, family: BertFamily, task, data: ft.TaskData, tokenizer,
+          source: str) -> dict[str, Any]:
+    """Steps and minutes per stage (see the module doc), fixed at the run's start and kept in plan.json."""
+    path = out / "plan.json"
+    if path.is_file():
+        return io.read_json(path)
+    step = _source_step_seconds(source, task, data, tokenizer, config)
+    shares = {k: v for k, v in SHARES.items() if k != "teacher" or not config.teacher}
+    minutes = {k: config.budget_minutes * v / sum(shares.values()) for k, v in shares.items()}
+    batch, length = 32, config.max_seq_len
+    per_epoch = math.ceil(len(data.train) / batch)
+    source_ops = family.cost(family.maximum(), 1, length).ops
+    median_ops = sorted(family.cost(a, 1, SEARCH_BATCH[1]).ops for a in load_space(family, "default").points(family))
+    # a search arm: the candidate's forward and backward plus the teacher's forward, on the search's batches
+    arm_step = step * (3 * median_ops[len(median_ops) // 2] + family.cost(family.maximum(), 1, SEARCH_BATCH[1]).ops) \
+        / (3 * source_ops) * (SEARCH_BATCH[0] * SEARCH_BATCH[1]) / (batch * length)
+    search_steps = max(4, min(40, int(40 * minutes["extract"] * 60 / (arm_step * _search_steps_at(family, 40)))))
+    plan = {"step_seconds": round(step, 4), "minutes": {k: round(v, 2) for k, v in minutes.items()},
+            "teacher_steps": max(1, min(3 * per_epoch, int(minutes.get("teacher", 0) * 60 / step))),
+            "search_steps": search_steps, "batch_size": batch, "seq_len": length}
+    if io.is_main():
+        io.write_json(path, plan)
+    log.info(f"plan for {config.budget_minutes:g} min: one training step of the source takes {step:.2f} s; "
+             + ", ".join(f"{k} {v:.1f} min" for k, v in plan["minutes"].items())
+             + f"; teacher {plan['teacher_steps']} steps, search n = {search_steps} steps per finalist; pre-training "
+             "and student steps follow from the chosen architecture")
+    return plan
+
+
+def _source_step_seconds(source: str, task, data: ft.TaskData, tokenizer, config: PipelineConfig) -> float:
+    """One training step (forward and backward) of the source on a batch of the task: the budget's unit."""
+    model = ft.load_task_model(source, task).train()
+    rows = data.train[:32] * math.ceil(32 / max(1, len(data.train[:32])))
+    batch = {**ft.encode(tokenizer, task, rows[:32], config.max_seq_len), "labels": ft.targets(task, rows[:32])}
+
+    def step() -> None:
+        model(**batch).loss.backward()
+
+    return min(time_call(step, repeats=3, warmup=1)) / 1000
+
+
+def _search_steps_at(family: BertFamily, n: int) -> int:
+    """Training steps the default search plans at n steps per finalist (one Θ entry per arm counted twice)."""
+    from bort.search.fptas import rung_schedule
+
+    arms = 2 * len(load_space(family, "default").points(family))
+    return sum(s * a for s, a in rung_schedule(n, arms))
+
+
+def _arch_step_seconds(plan: dict[str, Any], family: BertFamily, arch: tuple, batch: tuple[int, int],
+                       distil: bool) -> float:
+    """Seconds per step of `arch` at `batch` (rows, length), from the source's measured step by operation count.
+    Distillation adds the teacher's forward pass and the student's MLM head (hidden x vocabulary per token, often
+    more than the whole encoder of a small student)."""
+    source = family.cost(family.maximum(), 1, batch[1]).ops
+    ops = 3 * family.cost(arch, 1, batch[1]).ops
+    if distil:
+        ops += source + 3 * 2 * arch[2] * family.source_config.vocab_size * batch[1]
+    return plan["step_seconds"] * ops / (3 * source) * (batch[0] * batch[1]) / (plan["batch_size"] * plan["seq_len"])
+
+
+def _stage_options(stage: str, config: PipelineConfig, plan: dict[str, Any], source: str) -> dict[str, Any]:
+    """What each stage depends on (the stage before it is chained in by `run`)."""
+    common = {"source": source, "task": config.task, "data": [config.data_dir, config.train_file, config.dev_file],
+              "max_train_samples": config.max_train_samples, "max_seq_len": config.max_seq_len}
+    return {"teacher": {**common, "teacher": config.teacher, "steps": plan.get("teacher_steps")},
+            "extract": {"source": source, "targets": [config.speedup, config.max_latency_ms, config.max_params],
+                        "speed": config.speed, "corpus": config.corpus, "steps": plan["search_steps"]},
+            "pretrain": {"corpus": config.corpus, "minutes": plan["minutes"]["pretrain"]},
+            "student": {**common, "agora": config.agora, "seeds": config.seeds,
+                        "minutes": plan["minutes"]["student"]},
+            "onnx": {}, "report": {}}[stage]
+
+
+# -- the stages ---------------------------------------------------------------------------------------------
+def _teacher(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
+    if config.teacher:
+        return {"folder": str(config.teacher), "given": True}
+    folder = out / "teacher"
+    summary = ft.finetune(make(FinetuneConfig, model=source, task=config.task, output=str(folder), **_data(config),
+                               seeds=[0], lr=1e-4, max_steps=plan["teacher_steps"], batch_size=plan["batch_size"],
+                               resume=continuing, overwrite=folder.exists() and not continuing,
+                               measure_latency=False, progress=config.progress))
+    return {"folder": str(folder), "given": False, "dev": summary["plain"]["mean"]}
+
+
+def _extract(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
+    folder = out / "extract"
+    found = extract(make(ExtractConfig, source=source, output=str(folder), speedup=config.speedup,
+                         max_params=config.max_params, max_latency_ms=config.max_latency_ms, speed=config.speed,
+                         init="source", corpus=config.corpus, steps=plan["search_steps"], resume=continuing,
+                         overwrite=folder.exists() and not continuing, progress=config.progress))
+    return {"chosen": found.summary["chosen"], "w_optimum": found.summary["w_optimum"],
+            "folder": str(folder / "chosen")}
+
+
+def _pretrain(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
+    folder, family = out / "pretrain", BertFamily(source)
+    arch = tuple(results["extract"]["chosen"]["arch"].values())
+    steps = max(1, int(plan["minutes"]["pretrain"] * 60 / _arch_step_seconds(plan, family, arch, PRETRAIN_BATCH,
+                                                                              distil=True)))
+    done = pretrain(make(PretrainConfig, arch=results["extract"]["folder"], output=str(folder), teacher=source,
+                         init="source", corpus=config.corpus, max_steps=steps, batch_size=PRETRAIN_BATCH[0],
+                         max_seq_len=PRETRAIN_BATCH[1], eval_every=max(1, steps // 10), resume=continuing,
+                         overwrite=folder.exists() and not continuing, progress=config.progress))
+    return {"folder": str(folder), "steps": steps, "eval": done.eval, "curve": str(folder / "metrics.jsonl")}
+
+
+def _student(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
+    folder, family = out / "student", BertFamily(source)
+    arch = tuple(results["extract"]["chosen"]["arch"].values())
+    runs = len(config.seeds) * (STUDENT_ROUNDS + 2 if config.agora else 1)  # Agora: rounds of Θ = 2 sets, pruned
+    steps = max(1, int(plan["minutes"]["student"] * 60 / runs / _arch_step_seconds(
+        plan, family, arch, (plan["batch_size"], config.max_seq_len), distil=False)))
+    common = dict(model=results["pretrain"]["folder"], task=config.task, output=str(folder), **_data(config),
+                  seeds=config.seeds, lr=3e-4, max_steps=steps, batch_size=plan["batch_size"],
+                  teacher=results["teacher"]["folder"], resume=continuing, overwrite=folder.exists() and not continuing,
+                  progress=config.progress)
+    if config.agora:
+        summary = agora(make(AgoraConfig, theta="lr=1e-4,3e-4", rounds=STUDENT_ROUNDS, **common))
+        method = "agora"
+    else:
+        summary = ft.finetune(make(FinetuneConfig, **common))
+        method = "distilled"
+    return {"folder": str(folder), "steps": steps, "method": method, "dev": summary[method]["mean"],
+            "teacher_dev": summary.get("teacher_dev") or summary.get("labeller_dev")}
+
+
+def _onnx(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
+    folder = out / "onnx"
+    dev_file = _dev_file(config, task) if task.kind == "classification" else None
+    report = export(make(ExportConfig, model=results["student"]["folder"], output=str(folder), quantize="int8",
+                         dev_file=dev_file, overwrite=folder.exists()))
+    accuracy = report.get("dev", {}).get("accuracy", {})
+    if accuracy:
+        keep_int8 = accuracy["onnx_int8"] >= accuracy["onnx"] - 0.01
+        why = (f"int8 dev accuracy {accuracy['onnx_int8']:.4f} vs fp32 {accuracy['onnx']:.4f}: "
+               + ("within 1 point" if keep_int8 else "more than 1 point lower"))
+    else:
+        keep_int8, why = False, "no classification dev file to check int8 against fp32, so fp32 is kept"
+    kept = report["files"]["onnx_int8" if keep_int8 else "onnx"]
+    return {"folder": str(folder), "kept": kept, "int8": keep_int8, "why": why, "dev": report.get("dev")}
+
+
+def _report(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
+    """Teacher and student timed side by side, summary.json, report.md and report.html (plots embedded)."""
+    from bort.report import plot_curve
+
+    runtimes = ["torch", "onnx", "onnx-int8"]
+    timed = bench(make(BenchConfig, models=[f"teacher={results['teacher']['folder']}",
+                                            f"student={results['student']['folder']}"], runtimes=runtimes, repeats=20,
+                       plot=str(out / "speed.png")), progress=config.progress).records
+    ms = {(r["model"], r["runtime"]): r["median_ms"] for r in timed}
+    speedups = {rt: ms[("teacher", rt)] / ms[("student", rt)] for rt in runtimes
+                if ms.get(("teacher", rt)) and ms.get(("student", rt))}
+    plot_curve(Path(results["pretrain"]["curve"]), out / "pretrain_curve.png")
+    records = io.read_json(out / "stages.json")
+    summary = {"task": config.task, "source": source, "target": Constraints(
+                   None if config.max_params is None else int(config.max_params), None, config.max_latency_ms,
+                   config.speedup).describe(),
+               "teacher": results["teacher"], "architecture": results["extract"]["chosen"]["arch"],
+               "w_optimum": results["extract"]["w_optimum"]["arch"], "pretrain": {
+                   k: results["pretrain"][k] for k in ("steps", "eval")},
+               "student": results["student"], "onnx": results["onnx"], "latency_ms": {
+                   f"{m}/{rt}": v for (m, rt), v in ms.items()}, "speedup": speedups,
+               "params": {m: next(r["params"] for r in timed if r["model"] == m) for m in ("teacher", "student")},
+               "stage_seconds": {k: v.get("seconds") for k, v in records.items()},
+               "budget_minutes": config.budget_minutes, "plan": plan, "final_model": results["student"]["folder"]}
+    io.write_json(out / "summary.json", summary)
+    images = {name: (out / name).read_bytes() for name in IMAGES}
+    blocks = _blocks(summary)
+    io.write_text(out / "report.md", _markdown(blocks))
+    io.write_text(out / "report.html", _html(blocks, images))
+    return summary
+
+
+def _data(config: PipelineConfig) -> dict[str, Any]:
+    return dict(data_dir=config.data_dir, max_train_samples=config.max_train_samples, max_seq_len=config.max_seq_len,
+                **_task_files(config))
+
+
+def _dev_file(config: PipelineConfig, task) -> str | None:
+    if config.dev_file:
+        return config.dev_file
+    try:
+        return str(task.file_path("dev" if "dev" in task.files else next(iter(task.dev_splits)), config.data_dir))
+    except BortError:
+        return None
+
+
+def _blocks(s: dict[str, Any]) -> list[tuple]:
+    """The report's content once, as (kind, ...) blocks that render to Markdown and to HTML alike."""
+    teacher_dev, student_dev = s["student"].get("teacher_dev") or s["teacher"].get("dev") or {}, s["student"]["dev"]
+    ms, speed, params = s["latency_ms"], s["speedup"], s["params"]
+    arch = lambda a: "⟨" + ", ".join(map(str, a.values())) + "⟩"  # noqa: E731
+    return [
+        ("h1", f"bort run: {s['task']}"),
+        ("p", f"Source `{s['source']}`, target {s['target']}: chosen {arch(s['architecture'])} (the W-optimum was "
+              f"{arch(s['w_optimum'])}). Deployable model: `{s['final_model']}`. ONNX kept: `{s['onnx']['kept']}` "
+              f"({s['onnx']['why']})."),
+        ("h2", "Official dev split"),
+        ("table", ("metric", "teacher", "student"),
+         [(k, f"{100 * teacher_dev.get(k, math.nan):.1f}", f"{100 * v:.1f}") for k, v in student_dev.items()]),
+        ("h2", "Speed, side by side (batch 1 x 128)"),
+        ("table", ("runtime", "teacher ms", "student ms", "student vs teacher"),
+         [(rt, f"{ms['teacher/' + rt]:.2f}", f"{ms['student/' + rt]:.2f}", f"{v:.1f}x") for rt, v in speed.items()]),
+        ("p", f"Parameters: teacher {params['teacher'] / 1e6:.1f}M, student {params['student'] / 1e6:.1f}M."),
+        *(("img", name) for name in IMAGES),
+        ("h2", f"Time per stage (budget {s['budget_minutes']:g} min)"),
+        ("table", ("stage", "minutes"), [(k, f"{(v or 0) / 60:.1f}") for k, v in s["stage_seconds"].items()]),
+    ]
+
+
+def _markdown(blocks: list[tuple]) -> str:
+    lines = []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2"):
+            lines += [("# " if kind == "h1" else "## ") + rest[0], ""]
+        elif kind == "p":
+            lines += [rest[0], ""]
+        elif kind == "img":
+            lines += [f"![{rest[0]}]({rest[0]})", ""]
+        else:
+            header, rows = rest
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                      *("| " + " | ".join(row) + " |" for row in rows), ""]
+    return "\n".join(lines)
+
+
+def _html(blocks: list[tuple], images: dict[str, bytes]) -> str:
+    """One self-contained page (images embedded), so the report opens offline in any browser."""
+    from html import escape
+
+    parts = []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2", "p"):
+            parts.append(f"<{kind}>{escape(rest[0])}</{kind}>")
+        elif kind == "img":
+            data = base64.b64encode(images[rest[0]]).decode()
+            parts.append(f'<img alt="{rest[0]}" src="data:image/png;base64,{data}">')
+        else:
+            header, rows = rest
+            parts.append("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>" + "".join(
+                "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>bort run</title><style>body{font-family:"
+            "sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:.2em .6em}img{max-width:100%}</style></head><body>" + "\n".join(parts) + "</body></html>")
+
+
+STAGE_RUNNERS = {"teacher": _teacher, "extract": _extract, "pretrain": _pretrain, "student": _student,
+                 "onnx": _onnx, "report": _report}

@@ -1,0 +1,113 @@
+"""`bort run` end to end on a tiny source and a tiny budget: every stage, a kill and a resume, stage skipping, and a
+changed option re-running only the stages it affects."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+import bort
+from bort.cli import main
+
+
+def run_args(model: Path, data: Path, corpus: Path, output: Path, *extra: str) -> list[str]:
+    return ["run", "--source", str(model), "--task", "RTE", "--data-dir", str(data), "--output", str(output),
+            "--speedup", "1.2", "--speed", "ops", "--budget-minutes", "0.1", "--max-train-samples", "32",
+            "--max-seq-len", "32", "--corpus", str(corpus), "--quiet", *extra]
+
+
+def stage_lines(text: str) -> dict[str, str]:
+    return {line.split()[2].rstrip(":"): line.split(":", 1)[1].strip().split()[0] for line in text.splitlines()
+            if line.startswith("stage ")}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, shared_data, tiny_model, wiki_text) -> Path:
+    out = tmp_path_factory.mktemp("run") / "rte"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "bort.cli", *run_args(tiny_model, shared_data, wiki_text, out)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_every_stage_writes_what_a_user_deploys_and_reads(finished):
+    summary = json.loads((finished / "summary.json").read_text())
+    assert set(json.loads((finished / "stages.json").read_text())) == {"teacher", "extract", "pretrain", "student",
+                                                                      "onnx", "report"}
+    student = AutoModelForSequenceClassification.from_pretrained(finished / "student")
+    assert student.config.num_hidden_layers == summary["architecture"]["D"] and "accuracy" in summary["student"]["dev"]
+    assert summary["speedup"]["torch"] > 0 and summary["onnx"]["kept"].endswith(".onnx") and summary["onnx"]["why"]
+    assert (finished / "student" / "README.md").is_file()  # the model card
+    html = (finished / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "<table>" in html and "Official dev split" in html
+    assert "| accuracy |" in (finished / "report.md").read_text()
+    plan = json.loads((finished / "plan.json").read_text())
+    assert abs(sum(plan["minutes"].values()) - 0.1) < 1e-3  # the budget is split, whole, across the stages
+
+
+def test_rerunning_skips_finished_stages_and_a_changed_option_reruns_from_its_stage(finished, shared_data,
+                                                                                   tiny_model, wiki_text, capsys):
+    args = run_args(tiny_model, shared_data, wiki_text, finished)
+    assert main([*args, "--resume"]) == 0
+    assert set(stage_lines(capsys.readouterr().err).values()) == {"done"}
+    assert main([*args, "--resume", "--seeds", "0", "1"]) == 0  # the seeds change the student, not what comes before
+    lines = stage_lines(capsys.readouterr().err)
+    assert [s for s, what in lines.items() if what == "done"] == ["teacher", "extract", "pretrain"]
+    assert json.loads((finished / "summary.json").read_text())["student"]["dev"]
+    assert "seed-1" in {p.name for p in (finished / "student" / "distilled").iterdir()}
+
+
+def test_killed_in_a_stage_resumes_that_stage_to_the_same_weights(tmp_path, shared_data, tiny_model, wiki_text):
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = run_args(tiny_model, shared_data, wiki_text, out, "--budget-minutes", "0.5")
+    proc = subprocess.Popen([sys.executable, "-m", "bort.cli", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log = out / "pretrain" / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and any(r.get("step", 0) >= 2 and r.get("kind") == "train" for r in bort.io.read_jsonl(log)):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done = subprocess.run([sys.executable, "-m", "bort.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 2 and "pass --resume" in done.stderr  # a started run is not silently redone
+    done = subprocess.run([sys.executable, "-m", "bort.cli", *args, "--resume"], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = stage_lines(done.stderr)
+    assert lines["teacher"] == lines["extract"] == "done" and lines["pretrain"] == "continuing"
+    record = json.loads((out / "stages.json").read_text())["pretrain"]
+    steps = [r["step"] for r in bort.io.read_jsonl(log) if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == record["result"]["steps"]
+    reference = tmp_path / "reference"  # the same pre-training, uninterrupted
+    torch.set_num_threads(1)
+    bort.pretrain(str(out / "extract" / "chosen"), reference, teacher=str(tiny_model), init="source",
+                  corpus=[str(wiki_text)], max_steps=record["result"]["steps"], batch_size=16, max_seq_len=128,
+                  eval_every=max(1, record["result"]["steps"] // 10), progress=False)
+    want = AutoModelForMaskedLM.from_pretrained(reference).state_dict()
+    got = AutoModelForMaskedLM.from_pretrained(out / "pretrain").state_dict()
+    assert all(torch.allclose(want[k], got[k], atol=1e-6) for k in want)
+
+
+def test_bad_input_is_one_line_before_any_stage(tmp_path, shared_data, tiny_model, wiki_text, capsys):
+    for extra, message in ((("--speedup", "1000"), "no candidate in the space meets --speedup 1000"),
+                           (("--task", "nope"), "unknown task 'nope'"),
+                           (("--teacher", str(tiny_model)), "not a fine-tuned classifier")):
+        code = main([*run_args(tiny_model, shared_data, wiki_text, tmp_path / "x"), *extra])
+        text = capsys.readouterr().err
+        assert code == 2 and message in text and text.strip().count("\n") == 0, text
+    assert not (tmp_path / "x").exists()
