@@ -94,9 +94,10 @@ def run(config: PipelineConfig) -> RunResult:
             continue
         folder = out / stage
         continuing = record.get("key") == chain and folder.exists()
+        remaining = sum(plan["minutes"].get(s, 0) for s in STAGES[number - 1:])
         log.info(f"stage {number}/{len(STAGES)} {stage}: {'continuing' if continuing else 'starting'} "
                  f"({plan['minutes'].get(stage, 0):.1f} min planned; {(time.perf_counter() - started) / 60:.1f} min "
-                 "elapsed)")
+                 f"elapsed, ~{remaining:.1f} min predicted to go)")
         records[stage] = {"key": chain, "done": False, "options": options}
         if io.is_main():
             io.write_json(records_path, records)
