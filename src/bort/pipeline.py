@@ -132,9 +132,10 @@ def _plan(out: Path, config: PipelineConfig, family: BertFamily, task, data: ft.
           source: str) -> dict[str, Any]:
     """Steps and minutes per stage (see the module doc), fixed at the run's start and kept in plan.json."""
     path = out / "plan.json"
-    if path.is_file():
-        return io.read_json(path)
-    step = _source_step_seconds(source, task, data, tokenizer, config)
+    saved = io.read_json(path) if path.is_file() else {}
+    if saved.get("budget_minutes") == config.budget_minutes and saved.get("given_teacher") == bool(config.teacher):
+        return saved  # the same steps as when the run started; another budget re-plans (and re-runs what it changes)
+    step = saved.get("step_seconds") or _source_step_seconds(source, task, data, tokenizer, config)
     shares = {k: v for k, v in SHARES.items() if k != "teacher" or not config.teacher}
     minutes = {k: config.budget_minutes * v / sum(shares.values()) for k, v in shares.items()}
     batch, length = 32, config.max_seq_len
@@ -145,7 +146,8 @@ def _plan(out: Path, config: PipelineConfig, family: BertFamily, task, data: ft.
     arm_step = step * (3 * median_ops[len(median_ops) // 2] + family.cost(family.maximum(), 1, SEARCH_BATCH[1]).ops) \
         / (3 * source_ops) * (SEARCH_BATCH[0] * SEARCH_BATCH[1]) / (batch * length)
     search_steps = max(4, min(40, int(40 * minutes["extract"] * 60 / (arm_step * _search_steps_at(family, 40)))))
-    plan = {"step_seconds": round(step, 4), "minutes": {k: round(v, 2) for k, v in minutes.items()},
+    plan = {"budget_minutes": config.budget_minutes, "given_teacher": bool(config.teacher),
+            "step_seconds": round(step, 4), "minutes": {k: round(v, 2) for k, v in minutes.items()},
             "teacher_steps": max(1, min(3 * per_epoch, int(minutes.get("teacher", 0) * 60 / step))),
             "search_steps": search_steps, "batch_size": batch, "seq_len": length}
     if io.is_main():
