@@ -80,7 +80,7 @@ def run(config: PipelineConfig) -> RunResult:
     out = io.prepare_output(config.output, "run", config.resume, config.overwrite,
                             (config.source, config.data_dir, config.train_file, config.dev_file, config.teacher,
                              *config.corpus))
-    plan = _plan(out, config, family, task, data, tokenizer, source)
+    plan = io.broadcast(_plan(out, config, family, task, data, tokenizer, source) if io.is_main() else None)
     records_path = out / "stages.json"
     records = io.read_json(records_path) if records_path.is_file() else {}
     started, chain, results = time.perf_counter(), "", {}
@@ -121,9 +121,10 @@ def _check_targets(family: BertFamily, config: PipelineConfig, targets: Constrai
                              max_latency_ms=config.max_latency_ms, speed=config.speed)
     points = load_space(family, settings.space).points(family)
     latency = None
-    if config.speed == "measured" or config.max_latency_ms is not None:
+    if config.speed == "measured" or config.max_latency_ms is not None:  # timed by one process, as the search does
         cache = LatencyCache()
-        latency = {a: cache.measure(family, a) for a in [*points, family.maximum()]}.__getitem__
+        latency = io.broadcast({a: cache.measure(family, a) for a in [*points, family.maximum()]}
+                               if io.is_main() else None).__getitem__
     FPTAS(family, points, lambda *a: 1.0, [{}], measured_speed=config.speed == "measured", latency=latency,
           constraints=targets)
 
@@ -150,8 +151,7 @@ def _plan(out: Path, config: PipelineConfig, family: BertFamily, task, data: ft.
             "step_seconds": round(step, 4), "minutes": {k: round(v, 2) for k, v in minutes.items()},
             "teacher_steps": max(1, min(3 * per_epoch, int(minutes.get("teacher", 0) * 60 / step))),
             "search_steps": search_steps, "batch_size": batch, "seq_len": length}
-    if io.is_main():
-        io.write_json(path, plan)
+    io.write_json(path, plan)
     log.info(f"plan for {config.budget_minutes:g} min: one training step of the source takes {step:.2f} s; "
              + ", ".join(f"{k} {v:.1f} min" for k, v in plan["minutes"].items())
              + f"; teacher {plan['teacher_steps']} steps, search n = {search_steps} steps per finalist; pre-training "
