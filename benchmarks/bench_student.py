@@ -58,7 +58,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--sst2-train", type=int, default=20_000, help="SST-2 train subsample (the others are whole)")
     p.add_argument("--speedup", type=float, default=4.0)
-    p.add_argument("--pretrain-steps", type=int, default=2000)
+    p.add_argument("--pretrain-steps", type=int, default=4000, help="at least 30 CPU minutes on 2 cores")
     p.add_argument("--stage", choices=("teachers", "student", "all"), default="all",
                    help="stop after this stage (teachers: seed 0 of every task's teacher)")
     args = p.parse_args()
