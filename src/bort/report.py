@@ -71,7 +71,8 @@ def plot_curve(metrics: Path, path: Path) -> None:
 
     evals = [r for r in bort_io.read_jsonl(metrics) if r.get("kind") == "eval"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key in sorted({k for r in evals for k in r} - {"kind", "step"}):
+    scores = {"kind", "step", "accuracy", "agreement", "teacher_accuracy", "cosine"}  # not losses: another scale
+    for key in sorted({k for r in evals for k in r} - scores):
         points = [(r["step"], r[key]) for r in evals if isinstance(r.get(key), int | float)]
         if points:
             ax.plot(*zip(*points, strict=True), marker=".", label=key)
