@@ -263,16 +263,13 @@ class FinetuneConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.train_file and not self.dev_file:
-            raise BortError("--train needs --dev: every score is reported on a labelled dev split")
+        task_files(self)
         if self.teacher and self.teacher_from:
             raise BortError("pass one of --teacher DIR (fine-tuned on the task) or --teacher-from MODEL (fine-tuned "
                             "here first), not both")
 
     def task_files(self) -> dict[str, Any]:
-        """The custom-task options (empty for a registered task)."""
-        names = ("train_file", "dev_file", "test_file", "text_column", "pair_column", "label_column", "kind")
-        return {k: getattr(self, k) for k in names} if self.train_file else {}
+        return task_files(self)
 
 
 @dataclass(kw_only=True)
@@ -427,10 +424,19 @@ class PipelineConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.train_file and not self.dev_file:
-            raise BortError("--train needs --dev: every score is reported on a labelled dev split")
+        task_files(self)
         if not any(v is not None for v in (self.speedup, self.max_latency_ms, self.max_params)):
             raise BortError("name a target: --speedup K, --max-latency-ms or --max-params")
+
+
+def task_files(config: Options) -> dict[str, Any]:
+    """The custom-task options of `bort finetune` and `bort run` (empty for a registered task), checked."""
+    if not getattr(config, "train_file", None):
+        return {}
+    if not config.dev_file:
+        raise BortError("--train needs --dev: every score is reported on a labelled dev split")
+    names = ("train_file", "dev_file", "test_file", "text_column", "pair_column", "label_column", "kind")
+    return {k: getattr(config, k) for k in names if hasattr(config, k)}
 
 
 def option_flags() -> dict[str, str]:

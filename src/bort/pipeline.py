@@ -38,6 +38,7 @@ from bort.config import (
     PipelineConfig,
     PretrainConfig,
     make,
+    task_files,
 )
 from bort.distill.pretrain import pretrain
 from bort.families.bert import BertFamily
@@ -70,7 +71,7 @@ class RunResult:
 def run(config: PipelineConfig) -> RunResult:
     """Every stage of `bort run` in order (see the module doc); the last one's summary is the result."""
     source = str(config.source) if config.source else io.default_source()
-    task = ft.resolve_task(config.task, **_task_files(config))
+    task = ft.resolve_task(config.task, **task_files(config))
     data = ft.load_data(task, config.data_dir, config.max_train_samples)
     tokenizer = ft.task_tokenizer(source, config.max_seq_len)
     ft.check_teacher(config.teacher, None, task, config.max_seq_len)
@@ -109,11 +110,6 @@ def run(config: PipelineConfig) -> RunResult:
         if io.is_main():
             io.write_json(records_path, records)
     return RunResult(out, results["report"])
-
-
-def _task_files(config: PipelineConfig) -> dict[str, Any]:
-    names = ("train_file", "dev_file", "text_column", "pair_column", "label_column", "kind")
-    return {k: getattr(config, k) for k in names} if config.train_file else {}
 
 
 def _check_targets(family: BertFamily, config: PipelineConfig, targets: Constraints) -> None:
@@ -325,7 +321,7 @@ def _report(config, plan, source, task, out, results, continuing) -> dict[str, A
 
 def _data(config: PipelineConfig) -> dict[str, Any]:
     return dict(data_dir=config.data_dir, max_train_samples=config.max_train_samples, max_seq_len=config.max_seq_len,
-                **_task_files(config))
+                **task_files(config))
 
 
 def _blocks(s: dict[str, Any]) -> list[tuple]:
