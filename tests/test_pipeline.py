@@ -103,6 +103,21 @@ def test_killed_in_a_stage_resumes_that_stage_to_the_same_weights(tmp_path, shar
     assert all(torch.allclose(want[k], got[k], atol=1e-6) for k in want)
 
 
+def test_two_processes_run_every_stage_and_resume(tmp_path, shared_data, tiny_model, wiki_text):
+    """torchrun with 2 CPU processes (gloo): the training stages run on both, export and timing on process 0 alone
+    (its collectives must not wait for the other), and a rerun skips every stage."""
+    out, env = tmp_path / "two", {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master_port", "29733",
+           "-m", "bort.cli", *run_args(tiny_model, shared_data, wiki_text, out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "pretrain" / "pretrain.json").read_text())["processes"] == 2
+    assert AutoModelForSequenceClassification.from_pretrained(out / "student").config.num_labels == 2
+    assert (out / "report.html").is_file() and json.loads((out / "summary.json").read_text())["speedup"]["torch"] > 0
+    again = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and set(stage_lines(again.stderr).values()) == {"done"}, again.stderr[-3000:]
+
+
 def test_bad_input_is_one_line_before_any_stage(tmp_path, shared_data, tiny_model, wiki_text, capsys):
     for extra, message in ((("--speedup", "1000"), "no candidate in the space meets --speedup 1000"),
                            (("--task", "nope"), "unknown task 'nope'"),

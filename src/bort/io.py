@@ -49,9 +49,12 @@ MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "toke
 
 
 # -- processes ----------------------------------------------------------------------------------------------
+_ALONE = False  # inside `alone_on_main`, process 0 sees a world of one
+
+
 def _partial_state():
     """accelerate's process state under `torchrun`/`accelerate launch`; None in a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if _ALONE or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     import torch
     from accelerate import PartialState
@@ -76,6 +79,20 @@ def process() -> tuple[int, int]:
 def is_main() -> bool:
     """Whether this process writes results (process 0)."""
     return process()[0] == 0
+
+
+@contextlib.contextmanager
+def alone_on_main() -> Iterator[bool]:
+    """A section that process 0 runs by itself (ONNX export, latency timing) while the others skip it: inside,
+    process 0 sees a world of one, so what it calls (output folders, broadcasts) does not wait for the others.
+    Yields whether this process does the work; the caller's next collective brings the processes together again."""
+    global _ALONE
+    main = is_main()
+    _ALONE = main
+    try:
+        yield main
+    finally:
+        _ALONE = False
 
 
 def barrier() -> None:

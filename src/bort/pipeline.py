@@ -84,7 +84,7 @@ def run(config: PipelineConfig) -> RunResult:
                              *config.corpus))
     plan = io.broadcast(_plan(out, config, family, task, data, tokenizer, source) if io.is_main() else None)
     records_path = out / "stages.json"
-    records = io.read_json(records_path) if records_path.is_file() else {}
+    records = io.broadcast(io.read_json(records_path) if io.is_main() and records_path.is_file() else {})
     started, chain, results = time.perf_counter(), "", {}
     for number, stage in enumerate(STAGES, 1):
         options = _stage_options(stage, config, plan, source)
@@ -95,7 +95,7 @@ def run(config: PipelineConfig) -> RunResult:
             results[stage] = record["result"]
             continue
         folder = out / stage
-        continuing = record.get("key") == chain and folder.exists()
+        continuing = io.broadcast(record.get("key") == chain and folder.exists())  # before process 0 makes it
         remaining = sum(plan["minutes"].get(s, 0) for s in STAGES[number - 1:])
         log.info(f"stage {number}/{len(STAGES)} {stage}: {'continuing' if continuing else 'starting'} "
                  f"({plan['minutes'].get(stage, 0):.1f} min planned; {(time.perf_counter() - started) / 60:.1f} min "
@@ -104,12 +104,22 @@ def run(config: PipelineConfig) -> RunResult:
         if io.is_main():
             io.write_json(records_path, records)
         tick = time.perf_counter()
-        results[stage] = STAGE_RUNNERS[stage](config, plan, source, task, out, results, continuing)
+        results[stage] = io.broadcast(_run_stage(stage, config, plan, source, task, out, results, continuing))
         records[stage] = {**records[stage], "done": True, "seconds": round(time.perf_counter() - tick, 1),
                           "result": results[stage]}
         if io.is_main():
             io.write_json(records_path, records)
     return RunResult(out, results["report"])
+
+
+def _run_stage(stage: str, *args) -> dict[str, Any] | None:
+    """One stage's result on process 0 (None elsewhere). The training stages run on every process, as the commands
+    they call do; ONNX export, its scoring and the side-by-side timing run on process 0 alone."""
+    if stage in ("onnx", "report"):
+        with io.alone_on_main() as main:
+            return STAGE_RUNNERS[stage](*args) if main else None
+    result = STAGE_RUNNERS[stage](*args)
+    return result if io.is_main() else None
 
 
 def _check_targets(family: BertFamily, config: PipelineConfig, targets: Constraints) -> None:
@@ -208,7 +218,7 @@ def _teacher(config, plan, source, task, out, results, continuing) -> dict[str, 
                                seeds=[0], lr=1e-4, max_steps=plan["teacher_steps"], batch_size=plan["batch_size"],
                                resume=continuing, overwrite=folder.exists() and not continuing,
                                measure_latency=False, progress=config.progress))
-    return {"folder": str(folder), "given": False, "dev": summary["plain"]["mean"]}
+    return {"folder": str(folder), "given": False, "dev": summary.get("plain", {}).get("mean")}
 
 
 def _extract(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
@@ -249,7 +259,7 @@ def _student(config, plan, source, task, out, results, continuing) -> dict[str, 
     else:
         summary = ft.finetune(make(FinetuneConfig, **common))
         method = "distilled"
-    return {"folder": str(folder), "steps": steps, "method": method, "dev": summary[method]["mean"],
+    return {"folder": str(folder), "steps": steps, "method": method, "dev": summary.get(method, {}).get("mean"),
             "teacher_dev": summary.get("teacher_dev") or summary.get("labeller_dev")}
 
 
