@@ -15,9 +15,9 @@ from bort.cli import COMMANDS, options, parser
 # rate than fine-tuning it; a surrogate run is a short probe (small batches and rows, two learning rates in Θ);
 # `bort extract`'s output may be left out (a dated folder), the others' not; `cost` and `bench` measure shapes
 # (bench several at once), which is what --batch-size and --seq-len name there.
-# `bort run` always has a target (4x by default) and times what it deploys (measured latency)
+# `bort run` times what it deploys (measured latency)
 PER_PURPOSE = {"--lr", "--warmup", "--batch-size", "--max-seq-len", "--max-steps", "--save-every", "--output",
-               "--theta", "--seq-len", "--speedup", "--speed"}
+               "--theta", "--seq-len", "--speed"}
 
 
 def test_import_and_help_do_not_load_torch():

@@ -395,6 +395,9 @@ def parse_theta(theta: str | list | dict | None, base: Options, keys: tuple[str,
     return points or [{}]
 
 
+DEFAULT_SPEEDUP = 4.0  # `bort run`'s target when none is named
+
+
 @dataclass(kw_only=True)
 class PipelineConfig(RunConfig):
     """`bort run`: from a source model and a task to a deployable small model, with a report."""
@@ -413,7 +416,9 @@ class PipelineConfig(RunConfig):
     teacher: str | None = option(None, "a model already fine-tuned on the task, used as given (skips the teacher "
                                        "stage)", metavar="DIR")
     agora: bool = option(False, "fine-tune the student with Agora (soft labels from the teacher)")
-    speedup: float | None = like(ExtractConfig, "speedup", 4.0)
+    speedup: float | None = like(ExtractConfig, "speedup", None, help=(
+        "target: at least K times faster than the source (measured latency, or the operation count with --speed "
+        f"ops); {DEFAULT_SPEEDUP:g} when no other target is named"))
     max_latency_ms: float | None = like(ExtractConfig, "max_latency_ms", None)
     max_params: float | None = like(ExtractConfig, "max_params", None)
     speed: str = like(ExtractConfig, "speed", "measured")
@@ -426,7 +431,7 @@ class PipelineConfig(RunConfig):
         super().__post_init__()
         task_files(self)
         if not any(v is not None for v in (self.speedup, self.max_latency_ms, self.max_params)):
-            raise BortError("name a target: --speedup K, --max-latency-ms or --max-params")
+            self.speedup = DEFAULT_SPEEDUP
 
 
 def task_files(config: Options) -> dict[str, Any]:

@@ -353,6 +353,12 @@ def check_writable(folder: Path) -> None:
         raise BortError(f"cannot write to {folder}: {exc.strerror or exc}; choose another --output") from None
 
 
+def run_command(folder: str | os.PathLike) -> str | None:
+    """The bort command whose run folder `folder` is (from its marker), or None."""
+    marker = Path(folder).expanduser() / MARKER
+    return read_json(marker).get("command") if marker.is_file() else None
+
+
 def prepare_output(output: str | os.PathLike | None, command: str, resume: bool = False, overwrite: bool = False,
                    inputs: tuple[str | os.PathLike | None, ...] = (), resumable: bool = True) -> Path:
     """The run folder of `command`: created with bort's marker, continued (`resume`) or cleared (`overwrite`).
@@ -366,14 +372,15 @@ def prepare_output(output: str | os.PathLike | None, command: str, resume: bool 
     if folder.exists() and not folder.is_dir():
         raise BortError(f"--output {folder} is a file; choose a folder")
     if folder.is_dir() and any(folder.iterdir()):
-        ours = (folder / MARKER).is_file()
+        other = run_command(folder)
+        ours = other is not None
         if not (resume or overwrite):
             hint = ("choose an empty or new folder" if not ours else "pass --resume to continue that run or "
                     "--overwrite to replace it" if resumable else "pass --overwrite to replace it")
             raise BortError(f"--output {folder} already holds files; {hint}")
         if not ours:
             raise BortError(f"--output {folder} holds files bort did not write; choose an empty or new folder")
-        if (other := read_json(folder / MARKER).get("command")) != command:
+        if other != command:
             raise BortError(f"--output {folder} holds a `bort {other}` run, not a `bort {command}` one; choose "
                             "another --output")
         target, clearing = folder.resolve(), overwrite and not resume

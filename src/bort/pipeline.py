@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bort import io
-from bort.agora.rounds import agora
+from bort.agora.rounds import agora, agora_splits
 from bort.config import (
     AgoraConfig,
     BenchConfig,
@@ -40,12 +40,14 @@ from bort.config import (
     make,
     task_files,
 )
+from bort.distill.data import check_corpus
 from bort.distill.pretrain import pretrain
+from bort.errors import BortError
 from bort.families.bert import BertFamily
-from bort.search.extraction import extract, load_space
+from bort.search.extraction import extract, fit_steps, load_space
 from bort.search.fptas import FPTAS, Constraints
 from bort.speed.bench import bench
-from bort.speed.export import export, ort_session
+from bort.speed.export import export, ort_session, require_onnx
 from bort.speed.latency import LatencyCache, time_call
 from bort.tasks import finetune as ft
 from bort.tasks.metrics import compute
@@ -53,7 +55,7 @@ from bort.tasks.metrics import compute
 log = logging.getLogger("bort")
 STAGES = ("teacher", "extract", "pretrain", "student", "onnx", "report")
 SHARES = {"teacher": 0.30, "extract": 0.15, "pretrain": 0.30, "student": 0.20, "onnx": 0.05}
-PRETRAIN_BATCH, SEARCH_BATCH, STUDENT_ROUNDS = (16, 128), (8, 64), 3
+PRETRAIN_BATCH, STUDENT_ROUNDS = (16, 128), 3
 IMAGES = ("speed.png", "extract/pareto.png", "pretrain_curve.png")  # relative to the run folder
 
 
@@ -71,18 +73,27 @@ class RunResult:
 def run(config: PipelineConfig) -> RunResult:
     """Every stage of `bort run` in order (see the module doc); the last one's summary is the result."""
     source = str(config.source) if config.source else io.default_source()
+    if source in io.PRESETS:
+        raise BortError(f"--source {source} is an architecture preset without weights, and bort run distils from "
+                        "its source: pass a pretrained model folder or hub name (e.g. bert-base-uncased)")
     task = ft.resolve_task(config.task, **task_files(config))
     data = ft.load_data(task, config.data_dir, config.max_train_samples)
     tokenizer = ft.task_tokenizer(source, config.max_seq_len)
     ft.check_teacher(config.teacher, None, task, config.max_seq_len)
+    check_corpus(config.corpus)
+    require_onnx()
+    if config.agora:  # Agora's dev split (and its held-out half) must be carvable from this train split
+        agora_splits(task, data.train, AgoraConfig.__dataclass_fields__["agora_dev_fraction"].default)
     family = BertFamily(source)
-    targets = Constraints(None if config.max_params is None else int(config.max_params), None, config.max_latency_ms,
-                          config.speedup)
-    _check_targets(family, config, targets)
-    out = io.prepare_output(config.output, "run", config.resume, config.overwrite,
+    _check_targets(family, config, _targets(config))
+    # the same command continues its run: stage records keep results made with other options apart
+    resume = config.resume or (not config.overwrite and io.is_main() and io.run_command(config.output) == "run")
+    out = io.prepare_output(config.output, "run", resume, config.overwrite,
                             (config.source, config.data_dir, config.train_file, config.dev_file, config.teacher,
                              *config.corpus))
-    plan = io.broadcast(_plan(out, config, family, task, data, tokenizer, source) if io.is_main() else None)
+    with io.alone_on_main() as main:  # the plan times the source and the search on process 0
+        plan = _plan(out, config, family, task, data, tokenizer, source) if main else None
+    plan = io.broadcast(plan)
     records_path = out / "stages.json"
     records = io.broadcast(io.read_json(records_path) if io.is_main() and records_path.is_file() else {})
     started, chain, results = time.perf_counter(), "", {}
@@ -101,12 +112,16 @@ def run(config: PipelineConfig) -> RunResult:
                  f"({plan['minutes'].get(stage, 0):.1f} min planned; {(time.perf_counter() - started) / 60:.1f} min "
                  f"elapsed, ~{remaining:.1f} min predicted to go)")
         records[stage] = {"key": chain, "done": False, "options": options}
+        for later in STAGES[number:]:  # made from what this stage is about to replace
+            records.pop(later, None)
         if io.is_main():
             io.write_json(records_path, records)
         tick = time.perf_counter()
         results[stage] = io.broadcast(_run_stage(stage, config, plan, source, task, out, results, continuing))
         records[stage] = {**records[stage], "done": True, "seconds": round(time.perf_counter() - tick, 1),
                           "result": results[stage]}
+        log.info(f"stage {number}/{len(STAGES)} {stage}: finished in {records[stage]['seconds'] / 60:.1f} min "
+                 f"({plan['minutes'].get(stage, 0):.1f} min planned)")
         if io.is_main():
             io.write_json(records_path, records)
     return RunResult(out, results["report"])
@@ -120,6 +135,11 @@ def _run_stage(stage: str, *args) -> dict[str, Any] | None:
             return STAGE_RUNNERS[stage](*args) if main else None
     result = STAGE_RUNNERS[stage](*args)
     return result if io.is_main() else None
+
+
+def _targets(config: PipelineConfig) -> Constraints:
+    return Constraints(None if config.max_params is None else int(config.max_params), None, config.max_latency_ms,
+                       config.speedup)
 
 
 def _check_targets(family: BertFamily, config: PipelineConfig, targets: Constraints) -> None:
@@ -139,49 +159,58 @@ def _plan(out: Path, config: PipelineConfig, family: BertFamily, task, data: ft.
     """Steps and minutes per stage (see the module doc), fixed at the run's start and kept in plan.json."""
     path = out / "plan.json"
     saved = io.read_json(path) if path.is_file() else {}
-    if saved.get("budget_minutes") == config.budget_minutes and saved.get("given_teacher") == bool(config.teacher):
-        return saved  # the same steps as when the run started; another budget re-plans (and re-runs what it changes)
-    step = saved.get("step_seconds") or _source_step_seconds(source, task, data, tokenizer, config)
+    measured_on = io.strict_json({"source": source, "task": config.task, "data": [config.data_dir, task_files(config)],
+                                  "max_train_samples": config.max_train_samples, "max_seq_len": config.max_seq_len})
+    planned_for = io.strict_json({"budget_minutes": config.budget_minutes, "given_teacher": bool(config.teacher),
+                                  "search": _extract_config(config, source).identity()})
+    if saved.get("measured_on") == measured_on and saved.get("planned_for") == planned_for:
+        _log_plan(saved, "kept from plan.json")  # the same steps as when the run started
+        return saved
+    # another budget or target re-plans from the same measured step (and re-runs what it changes)
+    step = saved.get("step_seconds") if saved.get("measured_on") == measured_on else None
+    step = step or _source_step_seconds(source, task, data, tokenizer, config)
     shares = {k: v for k, v in SHARES.items() if k != "teacher" or not config.teacher}
     minutes = {k: config.budget_minutes * v / sum(shares.values()) for k, v in shares.items()}
     batch, length = 32, config.max_seq_len
     per_epoch = math.ceil(len(data.train) / batch)
-    source_ops = family.cost(family.maximum(), 1, length).ops
-    median_ops = sorted(family.cost(a, 1, SEARCH_BATCH[1]).ops for a in load_space(family, "default").points(family))
-    # a search arm: the candidate's forward and backward plus the teacher's forward, on the search's batches
-    arm_step = step * (3 * median_ops[len(median_ops) // 2] + family.cost(family.maximum(), 1, SEARCH_BATCH[1]).ops) \
-        / (3 * source_ops) * (SEARCH_BATCH[0] * SEARCH_BATCH[1]) / (batch * length)
-    search_steps = max(4, min(40, int(40 * minutes["extract"] * 60 / (arm_step * _search_steps_at(family, 40)))))
-    plan = {"budget_minutes": config.budget_minutes, "given_teacher": bool(config.teacher),
-            "step_seconds": round(step, 4), "minutes": {k: round(v, 2) for k, v in minutes.items()},
+    # the search's own calibration (the surrogate timed on the median candidate) fits n into its share
+    search_steps, search_seconds = fit_steps(family, _extract_config(config, source), minutes["extract"] * 60)
+    plan = {"budget_minutes": config.budget_minutes, "measured_on": measured_on, "planned_for": planned_for,
+            "step_seconds": round(step, 4),
+            "minutes": {k: round(v, 2) for k, v in minutes.items()},
             "teacher_steps": max(1, min(3 * per_epoch, int(minutes.get("teacher", 0) * 60 / step))),
-            "search_steps": search_steps, "batch_size": batch, "seq_len": length}
+            "search_steps": search_steps, "search_minutes_predicted": round(search_seconds / 60, 2),
+            "batch_size": batch, "seq_len": length}
     io.write_json(path, plan)
-    log.info(f"plan for {config.budget_minutes:g} min: one training step of the source takes {step:.2f} s; "
-             + ", ".join(f"{k} {v:.1f} min" for k, v in plan["minutes"].items())
-             + f"; teacher {plan['teacher_steps']} steps, search n = {search_steps} steps per finalist; pre-training "
-             "and student steps follow from the chosen architecture")
+    _log_plan(plan, f"one training step of the source takes {step:.2f} s")
     return plan
+
+
+def _log_plan(plan: dict[str, Any], how: str) -> None:
+    log.info(f"plan for {plan['budget_minutes']:g} min ({how}): "
+             + ", ".join(f"{k} {v:.1f} min" for k, v in plan["minutes"].items())
+             + (f"; teacher {plan['teacher_steps']} steps" if "teacher" in plan["minutes"] else "")
+             + f"; search n = {plan['search_steps']} steps per finalist (~{plan['search_minutes_predicted']:.1f} "
+             "min predicted); the pre-training and student steps follow "
+             "from the chosen architecture and are printed when their stage starts")
 
 
 def _source_step_seconds(source: str, task, data: ft.TaskData, tokenizer, config: PipelineConfig) -> float:
     """One training step (forward and backward) of the source on a batch of the task: the budget's unit."""
-    model = ft.load_task_model(source, task).train()
+    import torch
+
+    device = io.device()
+    model = ft.load_task_model(source, task).train().to(device)
     rows = data.train[:32] * math.ceil(32 / max(1, len(data.train[:32])))
-    batch = {**ft.encode(tokenizer, task, rows[:32], config.max_seq_len), "labels": ft.targets(task, rows[:32])}
+    batch = {k: v.to(device) for k, v in {**ft.encode(tokenizer, task, rows[:32], config.max_seq_len),
+                                           "labels": ft.targets(task, rows[:32])}.items()}
 
     def step() -> None:
         model(**batch).loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     return min(time_call(step, repeats=3, warmup=1)) / 1000
-
-
-def _search_steps_at(family: BertFamily, n: int) -> int:
-    """Training steps the default search plans at n steps per finalist (one Θ entry per arm counted twice)."""
-    from bort.search.fptas import rung_schedule
-
-    arms = 2 * len(load_space(family, "default").points(family))
-    return sum(s * a for s, a in rung_schedule(n, arms))
 
 
 def _arch_step_seconds(plan: dict[str, Any], family: BertFamily, arch: tuple, batch: tuple[int, int],
@@ -198,7 +227,7 @@ def _arch_step_seconds(plan: dict[str, Any], family: BertFamily, arch: tuple, ba
 
 def _stage_options(stage: str, config: PipelineConfig, plan: dict[str, Any], source: str) -> dict[str, Any]:
     """What each stage depends on (the stage before it is chained in by `run`)."""
-    common = {"source": source, "task": config.task, "data": [config.data_dir, config.train_file, config.dev_file],
+    common = {"source": source, "task": config.task, "data": [config.data_dir, task_files(config)],
               "max_train_samples": config.max_train_samples, "max_seq_len": config.max_seq_len}
     return {"teacher": {**common, "teacher": config.teacher, "steps": plan.get("teacher_steps")},
             "extract": {"source": source, "targets": [config.speedup, config.max_latency_ms, config.max_params],
@@ -218,24 +247,33 @@ def _teacher(config, plan, source, task, out, results, continuing) -> dict[str, 
                                seeds=[0], lr=1e-4, max_steps=plan["teacher_steps"], batch_size=plan["batch_size"],
                                resume=continuing, overwrite=folder.exists() and not continuing,
                                measure_latency=False, progress=config.progress))
-    return {"folder": str(folder), "given": False, "dev": summary.get("plain", {}).get("mean")}
+    return {"folder": str(folder), "given": False, "dev": summary["plain"]["mean"]} if summary else {}
 
 
 def _extract(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
     folder = out / "extract"
-    found = extract(make(ExtractConfig, source=source, output=str(folder), speedup=config.speedup,
-                         max_params=config.max_params, max_latency_ms=config.max_latency_ms, speed=config.speed,
-                         init="source", corpus=config.corpus, steps=plan["search_steps"], resume=continuing,
-                         overwrite=folder.exists() and not continuing, progress=config.progress))
+    found = extract(_extract_config(config, source, steps=plan["search_steps"], output=str(folder), resume=continuing,
+                                    overwrite=folder.exists() and not continuing, progress=config.progress))
+    if not found.summary["target_met"]:
+        log.warning(f"no finalist of the search met {found.summary['target']}: the student is the W-optimum "
+                    f"{found.summary['chosen']['arch']}; the report says so")
     return {"chosen": found.summary["chosen"], "w_optimum": found.summary["w_optimum"],
-            "folder": str(folder / "chosen")}
+            "target_met": found.summary["target_met"], "folder": str(folder / "chosen")}
+
+
+def _extract_config(config: PipelineConfig, source: str, **run: Any) -> ExtractConfig:
+    """The search of `bort run`: the user's targets, from the source, sliced from it (as the student will be)."""
+    return make(ExtractConfig, source=source, speedup=config.speedup, max_params=config.max_params,
+                max_latency_ms=config.max_latency_ms, speed=config.speed, init="source", corpus=config.corpus, **run)
 
 
 def _pretrain(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
     folder, family = out / "pretrain", BertFamily(source)
     arch = tuple(results["extract"]["chosen"]["arch"].values())
-    steps = max(1, int(plan["minutes"]["pretrain"] * 60 / _arch_step_seconds(plan, family, arch, PRETRAIN_BATCH,
-                                                                              distil=True)))
+    step = _arch_step_seconds(plan, family, arch, PRETRAIN_BATCH, distil=True)
+    steps = max(1, int(plan["minutes"]["pretrain"] * 60 / step))
+    log.info(f"pretrain: {steps} steps of {','.join(map(str, arch))} at {PRETRAIN_BATCH[0]}x{PRETRAIN_BATCH[1]} "
+             f"(~{steps * step / 60:.1f} min predicted)")
     done = pretrain(make(PretrainConfig, arch=results["extract"]["folder"], output=str(folder), teacher=source,
                          init="source", corpus=config.corpus, max_steps=steps, batch_size=PRETRAIN_BATCH[0],
                          max_seq_len=PRETRAIN_BATCH[1], eval_every=max(1, steps // 10), resume=continuing,
@@ -247,8 +285,10 @@ def _student(config, plan, source, task, out, results, continuing) -> dict[str, 
     folder, family = out / "student", BertFamily(source)
     arch = tuple(results["extract"]["chosen"]["arch"].values())
     runs = len(config.seeds) * (STUDENT_ROUNDS + 2 if config.agora else 1)  # Agora: rounds of Θ = 2 sets, pruned
-    steps = max(1, int(plan["minutes"]["student"] * 60 / runs / _arch_step_seconds(
-        plan, family, arch, (plan["batch_size"], config.max_seq_len), distil=False)))
+    step = _arch_step_seconds(plan, family, arch, (plan["batch_size"], config.max_seq_len), distil=False)
+    steps = max(1, int(plan["minutes"]["student"] * 60 / runs / step))
+    log.info(f"student: {runs} training run(s) of {steps} steps (~{runs * steps * step / 60:.1f} min predicted, "
+             "plus the teacher's outputs and the dev scores)")
     common = dict(model=results["pretrain"]["folder"], task=config.task, output=str(folder), **_data(config),
                   seeds=config.seeds, lr=3e-4, max_steps=steps, batch_size=plan["batch_size"],
                   teacher=results["teacher"]["folder"], resume=continuing, overwrite=folder.exists() and not continuing,
@@ -259,7 +299,11 @@ def _student(config, plan, source, task, out, results, continuing) -> dict[str, 
     else:
         summary = ft.finetune(make(FinetuneConfig, **common))
         method = "distilled"
-    return {"folder": str(folder), "steps": steps, "method": method, "dev": summary.get(method, {}).get("mean"),
+    if not summary:
+        return {}  # off process 0
+    best = summary[method]["seeds"][str(summary["best_seed"])]  # the model in student/, which is what is deployed
+    return {"folder": str(folder), "steps": steps, "method": method, "dev": best, "best_seed": summary["best_seed"],
+            "dev_mean": summary[method]["mean"], "dev_std": summary[method]["std"],
             "teacher_dev": summary.get("teacher_dev") or summary.get("labeller_dev")}
 
 
@@ -301,7 +345,7 @@ def _report(config, plan, source, task, out, results, continuing) -> dict[str, A
     """Teacher and student timed side by side, summary.json, report.md and report.html (plots embedded)."""
     from bort.report import plot_curve
 
-    runtimes = ["torch", "onnx", "onnx-int8"]
+    tick, runtimes = time.perf_counter(), ["torch", "onnx", "onnx-int8"]
     timed = bench(make(BenchConfig, models=[f"teacher={results['teacher']['folder']}",
                                             f"student={results['student']['folder']}"], runtimes=runtimes, repeats=20,
                        plot=str(out / "speed.png")), progress=config.progress).records
@@ -310,23 +354,34 @@ def _report(config, plan, source, task, out, results, continuing) -> dict[str, A
                 if ms.get(("teacher", rt)) and ms.get(("student", rt))}
     plot_curve(Path(results["pretrain"]["curve"]), out / "pretrain_curve.png")
     records = io.read_json(out / "stages.json")
-    summary = {"task": config.task, "source": source, "target": Constraints(
-                   None if config.max_params is None else int(config.max_params), None, config.max_latency_ms,
-                   config.speedup).describe(),
-               "teacher": results["teacher"], "architecture": results["extract"]["chosen"]["arch"],
+    summary = {"task": config.task, "source": source, "target": _targets(config).describe(),
+               "target_met": results["extract"]["target_met"], "teacher": results["teacher"],
+               "architecture": results["extract"]["chosen"]["arch"],
                "w_optimum": results["extract"]["w_optimum"]["arch"], "pretrain": {
                    k: results["pretrain"][k] for k in ("steps", "eval")},
                "student": results["student"], "onnx": results["onnx"], "latency_ms": {
                    f"{m}/{rt}": v for (m, rt), v in ms.items()}, "speedup": speedups,
                "params": {m: next(r["params"] for r in timed if r["model"] == m) for m in ("teacher", "student")},
-               "stage_seconds": {k: v.get("seconds") for k, v in records.items()},
+               "stage_seconds": {**{k: v.get("seconds") for k, v in records.items()},
+                                 "report": round(time.perf_counter() - tick, 1)},
                "budget_minutes": config.budget_minutes, "plan": plan, "final_model": results["student"]["folder"]}
     io.write_json(out / "summary.json", summary)
     images = {name: (out / name).read_bytes() for name in IMAGES}
     blocks = _blocks(summary)
     io.write_text(out / "report.md", _markdown(blocks))
     io.write_text(out / "report.html", _html(blocks, images))
+    _model_card(Path(results["student"]["folder"]), summary, blocks, task)
     return summary
+
+
+def _model_card(folder: Path, summary: dict[str, Any], blocks: list[tuple], task) -> None:
+    """The deployed model's card: the report's figures (without its plots) and how to load it."""
+    meta = {"library_name": "transformers", "tags": ["bort", "distillation", task.benchmark],
+            "datasets": [task.benchmark], "metrics": list(task.metrics),
+            "bort": {k: summary[k] for k in ("task", "source", "target", "target_met", "architecture", "speedup",
+                                             "latency_ms", "params")} | {"dev": summary["student"]["dev"]}}
+    text = _markdown([b for b in blocks if b[0] != "img"])
+    io.write_model_card(folder, meta, f"{text}\n{ft.card_usage(task)}")
 
 
 def _data(config: PipelineConfig) -> dict[str, Any]:
@@ -337,13 +392,16 @@ def _data(config: PipelineConfig) -> dict[str, Any]:
 def _blocks(s: dict[str, Any]) -> list[tuple]:
     """The report's content once, as (kind, ...) blocks that render to Markdown and to HTML alike."""
     teacher_dev, student_dev = s["student"].get("teacher_dev") or s["teacher"].get("dev") or {}, s["student"]["dev"]
+    planned = s["plan"]["minutes"]
     ms, speed, params = s["latency_ms"], s["speedup"], s["params"]
     arch = lambda a: "⟨" + ", ".join(map(str, a.values())) + "⟩"  # noqa: E731
     return [
         ("h1", f"bort run: {s['task']}"),
-        ("p", f"Source `{s['source']}`, target {s['target']}: chosen {arch(s['architecture'])} (the W-optimum was "
-              f"{arch(s['w_optimum'])}). Deployable model: `{s['final_model']}`. ONNX kept: `{s['onnx']['kept']}` "
-              f"({s['onnx']['why']})."),
+        ("p", f"Source `{s['source']}`, target {s['target']}: "
+              + (f"chosen {arch(s['architecture'])} (the W-optimum was {arch(s['w_optimum'])})" if s["target_met"]
+                 else f"NOT MET by any finalist of the search; the student is the W-optimum {arch(s['architecture'])}")
+              + f". Deployable model: `{s['final_model']}` (seed {s['student']['best_seed']}, the best on the dev "
+              f"split). ONNX kept: `{s['onnx']['kept']}` ({s['onnx']['why']})."),
         ("h2", "Official dev split"),
         ("table", ("metric", "teacher", "student"),
          [(k, f"{100 * teacher_dev.get(k, math.nan):.1f}", f"{100 * v:.1f}") for k, v in student_dev.items()]),
@@ -353,7 +411,9 @@ def _blocks(s: dict[str, Any]) -> list[tuple]:
         ("p", f"Parameters: teacher {params['teacher'] / 1e6:.1f}M, student {params['student'] / 1e6:.1f}M."),
         *(("img", name) for name in IMAGES),
         ("h2", f"Time per stage (budget {s['budget_minutes']:g} min)"),
-        ("table", ("stage", "minutes"), [(k, f"{(v or 0) / 60:.1f}") for k, v in s["stage_seconds"].items()]),
+        ("table", ("stage", "planned minutes", "minutes"),
+         [(k, f"{planned[k]:.1f}" if k in planned else "", f"{(v or 0) / 60:.1f}")
+          for k, v in s["stage_seconds"].items()]),
     ]
 
 

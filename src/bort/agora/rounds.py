@@ -41,6 +41,19 @@ log = logging.getLogger("bort")
 THETA_KEYS = ("lr", "weight_decay", "warmup", "batch_size", "epochs")  # what Θ varies between Agora's sets
 
 
+def agora_splits(task: Task, train: list[Example], fraction: float) -> tuple[list[Example], list[Example],
+                                                                            list[Example]]:
+    """(train part, Agora dev, held out): mistakes come from Agora dev, the returned round is chosen on held out."""
+    train_part, agora_dev = carve_dev(task, train, fraction)
+    try:
+        agora_dev, held_out = carve_dev(task, agora_dev, 0.5, seed=1)
+    except BortError:
+        raise BortError(f"task {task.name}: Agora's dev split of {len(agora_dev)} examples is too small to halve (one "
+                        "half finds mistakes, the other chooses the round); raise --agora-dev-fraction or "
+                        "--max-train-samples") from None
+    return train_part, agora_dev, held_out
+
+
 def carve_dev(task: Task, examples: list[Example], fraction: float, seed: int = 0) -> tuple[list[Example],
                                                                                              list[Example]]:
     """Split the official train set into (train part, Agora dev), stratified by label (score quintile)."""
@@ -241,13 +254,7 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
     spec = ft.resolve_task(config.task, **config.task_files())
     grid = parse_theta(config.theta, config, THETA_KEYS)
     data = ft.load_data(spec, config.data_dir, config.max_train_samples)
-    train_part, agora_dev = carve_dev(spec, data.train, config.agora_dev_fraction)
-    try:  # mistakes come from one half, the returned round is chosen on the other
-        agora_dev, held_out = carve_dev(spec, agora_dev, 0.5, seed=1)
-    except BortError:
-        raise BortError(f"task {spec.name}: Agora's dev split of {len(agora_dev)} examples is too small to halve (one "
-                        "half finds mistakes, the other chooses the round); raise --agora-dev-fraction or "
-                        "--max-train-samples") from None
+    train_part, agora_dev, held_out = agora_splits(spec, data.train, config.agora_dev_fraction)
     checked = ft.check_teacher(labeller, labeller_from, spec, config.max_seq_len, role=role)
     if config.infill_model:
         io.check_weights(config.infill_model)

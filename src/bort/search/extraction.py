@@ -10,6 +10,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,27 +87,14 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
     maximum point)."""
     fam = family or resolve_family(config.family, config.source)
     space = load_space(fam, config.space)
-    if not (points := space.points(fam)):
-        reasons = "; ".join(f"{n} x {r}" for r, n in space.invalid.items())
-        raise BortError(f"the space has no valid architecture ({reasons}); fix --space")
-    thetas = [{k: point.get(k, getattr(config, k)) for k in THETA_KEYS}
-              for point in parse_theta(config.theta, config, THETA_KEYS)]
     if config.resume and not config.output:
         raise BortError("--resume needs --output: the folder of the run to continue")
     (rank, world), started = io.process(), time.perf_counter()
     if surrogate is None:
         surrogate = default_surrogate(fam, config)  # loads the teacher and the corpus: bad input fails here
-    teacher_name, latency = getattr(surrogate, "teacher_name", None), None
-    if config.speed == "measured" or config.max_latency_ms is not None:
-        # one process times every candidate (processes timing at once would slow each other down and disagree)
-        cache, shape = LatencyCache(), (config.latency_batch_size, config.latency_seq_len)
-        latency = io.broadcast({a: cache.measure(fam, a, *shape) for a in [*points, fam.maximum()]}
-                               if rank == 0 else None).__getitem__
-    as_int = lambda v: None if v is None else int(v)  # noqa: E731
-    constraints = Constraints(as_int(config.max_params), as_int(config.max_effective_params), config.max_latency_ms,
-                              config.speedup)
-    search = FPTAS(fam, points, surrogate, thetas, config.epsilon, config.steps, config.speed == "measured", latency,
-                   config.latency_batch_size, config.latency_seq_len, constraints, config.halving, seed=config.seed)
+    teacher_name = getattr(surrogate, "teacher_name", None)
+    search = build_search(fam, config, surrogate, space)
+    thetas, constraints = search.thetas, search.constraints
     inputs = (config.source, config.teacher, config.space, *config.corpus)
     out = io.prepare_output(config.output, "extract", config.resume, config.overwrite, inputs)
     # without --speedup the settings read as before it existed, so earlier runs still resume
@@ -120,7 +108,7 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
     io.barrier()
 
     predicted = predict_seconds(fam, search, config)
-    log.info(f"space: |Ξ| = {space.size} points, {len(points)} valid"
+    log.info(f"space: |Ξ| = {space.size} points, {len(space.points(fam))} valid"
              + "".join(f", {n} dropped ({r})" for r, n in space.invalid.items())
              + f"; |Ξ'| = {len(search.pool)} dominated by T = {','.join(map(str, fam.maximum()))}"
              + (f" ({search.dominated_out} not)" if search.dominated_out else ""))
@@ -156,7 +144,12 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
 
 
 def predict_seconds(fam: Family, search: FPTAS, config: ExtractConfig) -> float:
-    """The planned schedule's time, calibrated by timing the surrogate on the median-cost candidate.
+    """The planned schedule's time (see `calibrate`)."""
+    return calibrate(fam, search, config)(search)
+
+
+def calibrate(fam: Family, search: FPTAS, config: ExtractConfig) -> Callable[[FPTAS], float]:
+    """A schedule's predicted seconds, calibrated by timing the surrogate on the median-cost candidate of `search`.
 
     One untimed warm-up run, then runs of 1 and 3 steps give a per-step and a per-arm (build and held-out evaluation)
     time, which are scaled to every rung by the operation count. Later rungs are assumed to keep the cheapest
@@ -167,10 +160,14 @@ def predict_seconds(fam: Family, search: FPTAS, config: ExtractConfig) -> float:
     one = time_call(lambda: search.surrogate(probe, theta, 1, 0), repeats=1, warmup=1)[0] / 1000
     three = time_call(lambda: search.surrogate(probe, theta, 3, 0), repeats=1, warmup=0)[0] / 1000
     per_step, per_arm = max(three - one, 0.0) / 2, max(one - max(three - one, 0.0) / 2, 0.0)
-    seconds = 0.0
-    for steps, arms in search.rungs:
-        cheapest = [o for o, _ in ops[:max(1, arms // len(search.thetas))]]
-        seconds += arms * (sum(cheapest) / len(cheapest) / probe_ops) * (steps * per_step + per_arm)
+
+    def seconds(schedule: FPTAS) -> float:
+        total = 0.0
+        for steps, arms in schedule.rungs:
+            cheapest = [o for o, _ in ops[:max(1, arms // len(schedule.thetas))]]
+            total += arms * (sum(cheapest) / len(cheapest) / probe_ops) * (steps * per_step + per_arm)
+        return total
+
     return seconds
 
 
@@ -183,6 +180,45 @@ def candidate_summary(c: Candidate, names, maximum: Candidate | None = None) -> 
             "params": c.params / maximum.params, "effective_params": c.effective_params / maximum.effective_params,
             "ops": c.ops / maximum.ops, "latency": None if c.latency_ms is None else c.latency_ms / maximum.latency_ms}
     return out
+
+
+def build_search(fam: Family, config: ExtractConfig, surrogate: Callable[..., float], space: Space | None = None,
+                 steps: int | None = None) -> FPTAS:
+    """The search `config` describes (with `steps` per finalist when given): its space, Θ, targets and, when
+    speed is measured or a latency is targeted, every candidate timed by process 0 (processes timing at once would
+    slow each other down and disagree; the cache keeps quiet measurements)."""
+    space = space or load_space(fam, config.space)
+    if not (points := space.points(fam)):
+        reasons = "; ".join(f"{n} x {r}" for r, n in space.invalid.items())
+        raise BortError(f"the space has no valid architecture ({reasons}); fix --space")
+    thetas = [{k: point.get(k, getattr(config, k)) for k in THETA_KEYS}
+              for point in parse_theta(config.theta, config, THETA_KEYS)]
+    latency = None
+    if config.speed == "measured" or config.max_latency_ms is not None:
+        cache, shape = LatencyCache(), (config.latency_batch_size, config.latency_seq_len)
+        latency = io.broadcast({a: cache.measure(fam, a, *shape) for a in [*points, fam.maximum()]}
+                               if io.is_main() else None).__getitem__
+    as_int = lambda v: None if v is None else int(v)  # noqa: E731
+    constraints = Constraints(as_int(config.max_params), as_int(config.max_effective_params), config.max_latency_ms,
+                              config.speedup)
+    return FPTAS(fam, points, surrogate, thetas, config.epsilon, steps or config.steps, config.speed == "measured",
+                 latency, config.latency_batch_size, config.latency_seq_len, constraints, config.halving,
+                 seed=config.seed)
+
+
+def fit_steps(fam: Family, config: ExtractConfig, seconds: float, least: int = 4) -> tuple[int, float]:
+    """The most steps per finalist, up to n(ε) and at least `least`, whose whole search is predicted to take at most
+    `seconds` (building the surrogate and timing it count too), and that prediction. How `bort run` fits its
+    search into its share of the budget, by the same calibration `bort extract` prints."""
+    started = time.perf_counter()
+    search = build_search(fam, config, default_surrogate(fam, config))
+    predict = calibrate(fam, search, config)
+    overhead = time.perf_counter() - started  # the search pays it again: its own surrogate and calibration
+    steps = search.steps
+    while steps > least and overhead + predict(search) > seconds:
+        steps -= 1
+        search = search.with_steps(steps)
+    return steps, overhead + predict(search)
 
 
 def summarize(fam: Family, result: SearchResult, settings: dict[str, Any], predicted: float, seconds: float,

@@ -14,6 +14,7 @@ exactly an uninterrupted run's results. `halving=False` gives the paper's plain 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import time
@@ -153,12 +154,22 @@ class FPTAS:
             fastest = self.maximum.speed(measured_speed) / min(c.speed(measured_speed) for c in self.pool)
             raise BortError(f"no candidate in the space meets {self.constraints.describe()} (the fastest is "
                             f"{fastest:.1f}x faster than the source); relax the targets or widen the space")
-        arms = len(self.pool) * len(self.thetas)
         self._feasible = sum(self._allowed(c) for c in self.pool) * len(self.thetas) if self.constraints else 0
+        self._plan_rungs()
+
+    def _plan_rungs(self) -> None:
+        arms = len(self.pool) * len(self.thetas)
+        self._schedule = rung_schedule(self.steps, arms, self.eta, self.halving)
         # the best feasible arms by ê are promoted beside the best by W: at most ceil(feasible / η^k) more at rung k
-        self._schedule = rung_schedule(self.steps, arms, eta, halving)
-        self.rungs = [(s, min(arms, a + (math.ceil(self._feasible / eta**k) if k else 0)))
+        self.rungs = [(s, min(arms, a + (math.ceil(self._feasible / self.eta**k) if k else 0)))
                       for k, (s, a) in enumerate(self._schedule)]
+
+    def with_steps(self, steps: int) -> FPTAS:
+        """The same search with `steps` per finalist, its rungs planned again."""
+        other = copy.copy(self)
+        other.steps = steps
+        other._plan_rungs()
+        return other
 
     @property
     def planned_steps(self) -> int:

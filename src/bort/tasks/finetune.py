@@ -243,6 +243,14 @@ def format_score(summary: dict[str, Any], metric: str) -> str:
     return f"{summary['mean'][metric]:.4f} ± {summary['std'][metric]:.4f}"
 
 
+def card_usage(task: Task) -> str:
+    """The model card's "Use" section: how to load the folder with stock transformers."""
+    head = "AutoModelForMultipleChoice" if task.kind == "multiple_choice" else "AutoModelForSequenceClassification"
+    return (f"## Use\n```python\nfrom transformers import {head}, AutoTokenizer\n"
+            f"model = {head}.from_pretrained(\"<this folder>\")\n"
+            "tokenizer = AutoTokenizer.from_pretrained(\"<this folder>\")\n```\n")
+
+
 def finish_run(model: torch.nn.Module, tokenizer: Any, data: TaskData, config: FinetuneConfig, folder: Path,
                source: Any, steps: int, method: str, note: str = "") -> dict[str, float]:
     """Official-dev metrics, predictions, submissions and model card of one trained model; cached in metrics.json."""
@@ -251,16 +259,12 @@ def finish_run(model: torch.nn.Module, tokenizer: Any, data: TaskData, config: F
         return io.read_json(done)["metrics"]
     task = data.task
     metrics = evaluate_folder(model, tokenizer, data, config, folder)
-    head = "AutoModelForMultipleChoice" if task.kind == "multiple_choice" else "AutoModelForSequenceClassification"
     scores = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
     body = (f"# {task.name} ({method} fine-tuning, seed {config.seed})\n\n"
             f"Fine-tuned by `bort finetune` from `{source}` on {task.benchmark} {task.name} ({task.kind}).\n"
             f"Train examples: {len(data.train)}; optimizer steps: {steps}; learning rate {config.lr}, batch size "
             f"{config.batch_size}, {config.epochs} epochs.\n{note}\n\n"
-            f"## Official dev split\n| metric | value |\n|---|---|\n{scores}\n\n"
-            f"## Use\n```python\nfrom transformers import {head}, AutoTokenizer\n"
-            f"model = {head}.from_pretrained(\"<this folder>\")\n"
-            "tokenizer = AutoTokenizer.from_pretrained(\"<this folder>\")\n```\n")
+            f"## Official dev split\n| metric | value |\n|---|---|\n{scores}\n\n{card_usage(task)}")
     meta = {"library_name": "transformers", "tags": ["bort", method, task.benchmark], "datasets": [task.benchmark],
             "metrics": list(task.metrics), "bort": {"source": str(source), "task": task.name, "seed": config.seed,
                                                      "steps": steps, "dev": metrics}}
