@@ -9,10 +9,12 @@
 
 The budget: each stage gets a share of --budget-minutes (SHARES; without a teacher stage its share goes to the
 others in proportion), turned into optimizer steps through one measured training step of the source on the task's
-batches, scaled to every other model by the analytic operation count. The plan is fixed when the run starts and kept
-in plan.json, so a rerun continues with the same steps. Each stage records the options it depends on, chained to
-the stage before it: rerunning the same command skips finished stages and continues the one it reached; a changed
-option re-runs from the first stage it affects.
+batches, scaled to every other model by the analytic operation count; the search fits its share by its own
+calibration. What the teacher (at most 3 epochs) and the search (at most n(ε) steps) leave goes to pre-training and
+the student. The plan is fixed when the run starts and kept in plan.json, so a rerun continues with the same steps.
+Each stage records the options it depends on, chained to the stage before it: rerunning the same command skips
+finished stages and continues the one it reached; a changed option re-runs from the first stage it affects, and
+every stage after it.
 """
 
 from __future__ import annotations
@@ -173,14 +175,19 @@ def _plan(out: Path, config: PipelineConfig, family: BertFamily, task, data: ft.
     minutes = {k: config.budget_minutes * v / sum(shares.values()) for k, v in shares.items()}
     batch, length = 32, config.max_seq_len
     per_epoch = math.ceil(len(data.train) / batch)
+    teacher_steps = max(1, min(3 * per_epoch, int(minutes.get("teacher", 0) * 60 / step)))
     # the search's own calibration (the surrogate timed on the median candidate) fits n into its share
     search_steps, search_seconds = fit_steps(family, _extract_config(config, source), minutes["extract"] * 60)
+    # what the teacher (at most 3 epochs) and the search (at most n(ε)) leave of their shares goes to pre-training
+    # and the student, in proportion to theirs, so the whole budget is used
+    spent = {"teacher": teacher_steps * step / 60, "extract": search_seconds / 60}
+    spare = sum(minutes[k] - spent[k] for k in spent if k in minutes)
+    for k in ("pretrain", "student"):
+        minutes[k] += spare * SHARES[k] / (SHARES["pretrain"] + SHARES["student"])
+    minutes.update({k: v for k, v in spent.items() if k in minutes})
     plan = {"budget_minutes": config.budget_minutes, "measured_on": measured_on, "planned_for": planned_for,
-            "step_seconds": round(step, 4),
-            "minutes": {k: round(v, 2) for k, v in minutes.items()},
-            "teacher_steps": max(1, min(3 * per_epoch, int(minutes.get("teacher", 0) * 60 / step))),
-            "search_steps": search_steps, "search_minutes_predicted": round(search_seconds / 60, 2),
-            "batch_size": batch, "seq_len": length}
+            "step_seconds": round(step, 4), "minutes": {k: round(v, 4) for k, v in minutes.items()},
+            "teacher_steps": teacher_steps, "search_steps": search_steps, "batch_size": batch, "seq_len": length}
     io.write_json(path, plan)
     _log_plan(plan, f"one training step of the source takes {step:.2f} s")
     return plan
@@ -190,8 +197,7 @@ def _log_plan(plan: dict[str, Any], how: str) -> None:
     log.info(f"plan for {plan['budget_minutes']:g} min ({how}): "
              + ", ".join(f"{k} {v:.1f} min" for k, v in plan["minutes"].items())
              + (f"; teacher {plan['teacher_steps']} steps" if "teacher" in plan["minutes"] else "")
-             + f"; search n = {plan['search_steps']} steps per finalist (~{plan['search_minutes_predicted']:.1f} "
-             "min predicted); the pre-training and student steps follow "
+             + f"; search n = {plan['search_steps']} steps per finalist; the pre-training and student steps follow "
              "from the chosen architecture and are printed when their stage starts")
 
 
