@@ -224,3 +224,17 @@ def test_the_approximation_check_is_undecided_when_every_finalist_diverges(tmp_p
     store = ResultsStore(tmp_path)
     check = search.recheck(store, search.run(store), factor=2)
     assert check["ratio"] is None and check["within_1_minus_epsilon"] is None
+
+
+def test_fit_steps_gives_the_most_steps_whose_predicted_search_fits():
+    """How `bort run` fits its search into a share of the budget: n(ε) when time allows, fewer when not, never
+    fewer than the floor, and the prediction is the one `bort extract` makes for that n."""
+    from bort.config import ExtractConfig
+    from bort.search.extraction import fit_steps
+
+    config = ExtractConfig(family="mlp", epsilon=0.2, theta="lr=3e-3")
+    assert fit_steps(MLP, config, seconds=3600)[0] == steps_for_epsilon(0.2)
+    assert fit_steps(MLP, config, seconds=0)[0] == 4
+    roomy, predicted = fit_steps(MLP, config, seconds=3600)
+    tight, within = fit_steps(MLP, config, seconds=predicted / 20)
+    assert 4 <= tight < roomy and (within <= predicted / 20 or tight == 4)
