@@ -316,18 +316,17 @@ def _student(config, plan, source, task, out, results, continuing) -> dict[str, 
 def _onnx(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
     """fp32 and int8 ONNX of the student; int8 is kept only if its official-dev score (the task's main metric,
     classification or regression alike) is within 1 point of fp32's."""
+    if task.kind == "multiple_choice":  # export writes the encoder without the choice head: not a deployable model
+        return {"folder": None, "kept": None, "int8": False, "dev": {},
+                "why": "multiple-choice models are not exported (no choices axis); deploy student/ with PyTorch"}
     folder = out / "onnx"
     report = export(make(ExportConfig, model=results["student"]["folder"], output=str(folder), quantize="int8",
                          overwrite=folder.exists()))
-    if task.kind == "multiple_choice":
-        scores, keep_int8, why = {}, False, "multiple choice is not exported with its choices axis; fp32 is kept"
-    else:
-        data, metric = ft.load_data(task, config.data_dir, config.max_train_samples), task.metrics[0]
-        scores = {k: _onnx_score(Path(report["files"][k]), folder, task, data, config)
-                  for k in ("onnx", "onnx_int8")}
-        keep_int8 = scores["onnx_int8"][metric] >= scores["onnx"][metric] - 0.01
-        why = (f"int8 dev {metric} {scores['onnx_int8'][metric]:.4f} vs fp32 {scores['onnx'][metric]:.4f}: "
-               + ("within 1 point" if keep_int8 else "more than 1 point lower"))
+    data, metric = ft.load_data(task, config.data_dir, config.max_train_samples), task.metrics[0]
+    scores = {k: _onnx_score(Path(report["files"][k]), folder, task, data, config) for k in ("onnx", "onnx_int8")}
+    keep_int8 = scores["onnx_int8"][metric] >= scores["onnx"][metric] - 0.01
+    why = (f"int8 dev {metric} {scores['onnx_int8'][metric]:.4f} vs fp32 {scores['onnx'][metric]:.4f}: "
+           + ("within 1 point" if keep_int8 else "more than 1 point lower"))
     kept = report["files"]["onnx_int8" if keep_int8 else "onnx"]
     return {"folder": str(folder), "kept": kept, "int8": keep_int8, "why": why, "dev": scores}
 
@@ -407,7 +406,8 @@ def _blocks(s: dict[str, Any]) -> list[tuple]:
               + (f"chosen {arch(s['architecture'])} (the W-optimum was {arch(s['w_optimum'])})" if s["target_met"]
                  else f"NOT MET by any finalist of the search; the student is the W-optimum {arch(s['architecture'])}")
               + f". Deployable model: `{s['final_model']}` (seed {s['student']['best_seed']}, the best on the dev "
-              f"split). ONNX kept: `{s['onnx']['kept']}` ({s['onnx']['why']})."),
+              f"split). " + (f"ONNX kept: `{s['onnx']['kept']}` ({s['onnx']['why']})." if s["onnx"]["kept"] else
+                         f"No ONNX model: {s['onnx']['why']}.")),
         ("h2", "Official dev split"),
         ("table", ("metric", "teacher", "student"),
          [(k, f"{100 * teacher_dev.get(k, math.nan):.1f}", f"{100 * v:.1f}") for k, v in student_dev.items()]),
