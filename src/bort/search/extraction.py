@@ -151,15 +151,17 @@ def predict_seconds(fam: Family, search: FPTAS, config: ExtractConfig) -> float:
 def calibrate(fam: Family, search: FPTAS, config: ExtractConfig) -> Callable[[FPTAS], float]:
     """A schedule's predicted seconds, calibrated by timing the surrogate on the median-cost candidate of `search`.
 
-    One untimed warm-up run, then runs of 1 and 3 steps give a per-step and a per-arm (build and held-out evaluation)
-    time, which are scaled to every rung by the operation count. Later rungs are assumed to keep the cheapest
+    One untimed warm-up run, then runs of 1 and 5 steps give a per-step and a per-arm (build and held-out evaluation)
+    time, which are scaled to every rung by the operation count (5, not 3: the difference of two timings is noisy,
+    and a wider gap halves that noise for one second more). Later rungs are assumed to keep the cheapest
     candidates (W favours them); the run reports its real time beside this."""
     ops = sorted((fam.cost(c.arch, config.batch_size, config.max_seq_len).ops, c.arch) for c in search.pool)
     (probe_ops, probe), theta = ops[len(ops) // 2], search.thetas[0]
     # seconds; the untimed warm-up run caches the teacher's outputs for the first batches
     one = time_call(lambda: search.surrogate(probe, theta, 1, 0), repeats=1, warmup=1)[0] / 1000
-    three = time_call(lambda: search.surrogate(probe, theta, 3, 0), repeats=1, warmup=0)[0] / 1000
-    per_step, per_arm = max(three - one, 0.0) / 2, max(one - max(three - one, 0.0) / 2, 0.0)
+    five = time_call(lambda: search.surrogate(probe, theta, 5, 0), repeats=1, warmup=0)[0] / 1000
+    per_step = max(five - one, 0.0) / 4
+    per_arm = max(one - per_step, 0.0)
 
     def seconds(schedule: FPTAS) -> float:
         total = 0.0
