@@ -54,6 +54,10 @@ def test_every_stage_writes_what_a_user_deploys_and_reads(finished):
     assert "| accuracy |" in (finished / "report.md").read_text()
     plan = json.loads((finished / "plan.json").read_text())
     assert abs(sum(plan["minutes"].values()) - 0.1) < 1e-3  # the budget is split, whole, across the stages
+    arch = ",".join(map(str, summary["architecture"].values()))  # each training stage timed its own steps once
+    assert set(plan["probed_step_seconds"]) == {f"pretrain {arch}", f"student {arch}"}
+    assert all(v > 0 for v in plan["probed_step_seconds"].values()) and plan["step_seconds"] > 0
+    assert not list(finished.glob(".probe-*"))  # and left nothing behind
 
 
 def test_rerunning_skips_finished_stages_and_a_changed_option_reruns_from_its_stage(finished, shared_data,

@@ -95,6 +95,11 @@ def alone_on_main() -> Iterator[bool]:
         _ALONE = False
 
 
+def alone() -> bool:
+    """Inside `alone_on_main` on process 0: work that must not wait for the other processes."""
+    return _ALONE
+
+
 def barrier() -> None:
     if _partial_state() is not None:
         _partial_state().wait_for_everyone()

@@ -8,10 +8,11 @@
 6. report.md, report.html and summary.json: teacher vs student, timed side by side.
 
 The budget: each stage gets a share of --budget-minutes (SHARES; without a teacher stage its share goes to the
-others in proportion), turned into optimizer steps through one measured training step of the source on the task's
-batches, scaled to every other model by the analytic operation count; the search fits its share by its own
-calibration. What the teacher (at most 3 epochs) and the search (at most n(ε) steps) leave goes to pre-training and
-the student. The plan is fixed when the run starts and kept in plan.json, so a rerun continues with the same steps.
+others in proportion), turned into optimizer steps by timing a few steps of the stage's own training: the source's
+fine-tuning when the run starts, the chosen architecture's pre-training and fine-tuning when their stages start
+(less the teacher's outputs, computed once); the search fits its share by its own calibration. What the teacher (at
+most 3 epochs) and the search (at most n(ε) steps) leave goes to pre-training and the student. plan.json keeps the
+plan and every timing, so a rerun continues with the same steps.
 Each stage records the options it depends on, chained to the stage before it: rerunning the same command skips
 finished stages and continues the one it reached; a changed option re-runs from the first stage it affects, and
 every stage after it.
@@ -24,7 +25,9 @@ import hashlib
 import json
 import logging
 import math
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,14 +53,14 @@ from bort.search.extraction import build_search, extract, fit_steps
 from bort.search.fptas import Constraints
 from bort.speed.bench import bench
 from bort.speed.export import export, ort_session, require_onnx
-from bort.speed.latency import time_call
 from bort.tasks import finetune as ft
 from bort.tasks.metrics import compute
+from bort.tasks.registry import Task
 
 log = logging.getLogger("bort")
 STAGES = ("teacher", "extract", "pretrain", "student", "onnx", "report")
 SHARES = {"teacher": 0.30, "extract": 0.15, "pretrain": 0.33, "student": 0.20, "onnx": 0.02}  # ONNX used 0.5% on MRPC
-PRETRAIN_BATCH, STUDENT_ROUNDS = (16, 128), 3
+PRETRAIN_BATCH, TASK_BATCH, STUDENT_ROUNDS, PROBE_STEPS = (16, 128), 32, 3, 6
 IMAGES = ("speed.png", "extract/pareto.png", "pretrain_curve.png")  # relative to the run folder
 
 
@@ -72,6 +75,20 @@ class RunResult:
         return self.summary
 
 
+@dataclass
+class Context:
+    """What the stages read: the options, the plan, the source, task and data resolved once, the run folder, and
+    the results of the stages before."""
+
+    config: PipelineConfig
+    plan: dict[str, Any]
+    source: str
+    task: Task
+    data: ft.TaskData
+    out: Path
+    results: dict[str, Any]
+
+
 def run(config: PipelineConfig) -> RunResult:
     """Every stage of `bort run` in order (see the module doc); the last one's summary is the result."""
     source = str(config.source) if config.source else io.default_source()
@@ -80,7 +97,7 @@ def run(config: PipelineConfig) -> RunResult:
                         "its source: pass a pretrained model folder or hub name (e.g. bert-base-uncased)")
     task = ft.resolve_task(config.task, **task_files(config))
     data = ft.load_data(task, config.data_dir, config.max_train_samples)
-    tokenizer = ft.task_tokenizer(source, config.max_seq_len)
+    ft.task_tokenizer(source, config.max_seq_len)  # --max-seq-len fits the source
     ft.check_teacher(config.teacher, None, task, config.max_seq_len)
     check_corpus(config.corpus)
     require_onnx()
@@ -94,11 +111,12 @@ def run(config: PipelineConfig) -> RunResult:
                             (config.source, config.data_dir, config.train_file, config.dev_file, config.teacher,
                              *config.corpus))
     with io.alone_on_main() as main:  # the plan times the source and the search on process 0
-        plan = _plan(out, config, family, task, data, tokenizer, source) if main else None
+        plan = _plan(out, config, family, task, data, source) if main else None
     plan = io.broadcast(plan)
     records_path = out / "stages.json"
     records = io.broadcast(io.read_json(records_path) if io.is_main() and records_path.is_file() else {})
     started, chain, results = time.perf_counter(), "", {}
+    ctx = Context(config, plan, source, task, data, out, results)
     for number, stage in enumerate(STAGES, 1):
         options = _stage_options(stage, config, plan, source)
         chain = hashlib.sha256((chain + json.dumps(options, sort_keys=True, default=str)).encode()).hexdigest()
@@ -119,7 +137,7 @@ def run(config: PipelineConfig) -> RunResult:
         if io.is_main():
             io.write_json(records_path, records)
         tick = time.perf_counter()
-        results[stage] = io.broadcast(_run_stage(stage, config, plan, source, task, out, results, continuing))
+        results[stage] = io.broadcast(_run_stage(stage, ctx, continuing))
         records[stage] = {**records[stage], "done": True, "seconds": round(time.perf_counter() - tick, 1),
                           "result": results[stage]}
         log.info(f"stage {number}/{len(STAGES)} {stage}: finished in {records[stage]['seconds'] / 60:.1f} min "
@@ -129,13 +147,13 @@ def run(config: PipelineConfig) -> RunResult:
     return RunResult(out, results["report"])
 
 
-def _run_stage(stage: str, *args) -> dict[str, Any] | None:
+def _run_stage(stage: str, ctx: Context, continuing: bool) -> dict[str, Any] | None:
     """One stage's result on process 0 (None elsewhere). The training stages run on every process, as the commands
     they call do; ONNX export, its scoring and the side-by-side timing run on process 0 alone."""
     if stage in ("onnx", "report"):
         with io.alone_on_main() as main:
-            return STAGE_RUNNERS[stage](*args) if main else None
-    result = STAGE_RUNNERS[stage](*args)
+            return STAGE_RUNNERS[stage](ctx, continuing) if main else None
+    result = STAGE_RUNNERS[stage](ctx, continuing)
     return result if io.is_main() else None
 
 
@@ -150,7 +168,7 @@ def _check_targets(family: BertFamily, config: PipelineConfig, source: str) -> N
     build_search(family, _extract_config(config, source), lambda *a: 1.0)
 
 
-def _plan(out: Path, config: PipelineConfig, family: BertFamily, task, data: ft.TaskData, tokenizer,
+def _plan(out: Path, config: PipelineConfig, family: BertFamily, task: Task, data: ft.TaskData,
           source: str) -> dict[str, Any]:
     """Steps and minutes per stage (see the module doc), fixed at the run's start and kept in plan.json."""
     path = out / "plan.json"
@@ -163,11 +181,13 @@ def _plan(out: Path, config: PipelineConfig, family: BertFamily, task, data: ft.
         _log_plan(saved, "kept from plan.json")  # the same steps as when the run started
         return saved
     # another budget or target re-plans from the same measured step (and re-runs what it changes)
-    step = saved.get("step_seconds") if saved.get("measured_on") == measured_on else None
-    step = step or _source_step_seconds(source, task, data, tokenizer, config)
+    same_data = saved.get("measured_on") == measured_on
+    step = saved.get("step_seconds") if same_data else None
+    step = step or _probe(out, "source", lambda output, steps: ft.train(source, task, data.train, _teacher_settings(
+        config, source, output=str(output), max_steps=steps, log_every=1, save_every=0), output))
     shares = {k: v for k, v in SHARES.items() if k != "teacher" or not config.teacher}
     minutes = {k: config.budget_minutes * v / sum(shares.values()) for k, v in shares.items()}
-    batch, length = 32, config.max_seq_len
+    batch, length = TASK_BATCH, config.max_seq_len
     per_epoch = math.ceil(len(data.train) / batch)
     teacher_steps = max(1, min(3 * per_epoch, int(minutes.get("teacher", 0) * 60 / step)))
     # the search's own calibration (the surrogate timed on the median candidate) fits n into its share
@@ -181,7 +201,8 @@ def _plan(out: Path, config: PipelineConfig, family: BertFamily, task, data: ft.
     minutes.update({k: v for k, v in spent.items() if k in minutes})
     plan = {"budget_minutes": config.budget_minutes, "measured_on": measured_on, "planned_for": planned_for,
             "step_seconds": round(step, 4), "minutes": {k: round(v, 4) for k, v in minutes.items()},
-            "teacher_steps": teacher_steps, "search_steps": search_steps, "batch_size": batch, "seq_len": length}
+            "teacher_steps": teacher_steps, "search_steps": search_steps, "batch_size": batch, "seq_len": length,
+            "probed_step_seconds": saved.get("probed_step_seconds", {}) if same_data else {}}
     io.write_json(path, plan)
     _log_plan(plan, f"one training step of the source takes {step:.2f} s")
     return plan
@@ -195,34 +216,22 @@ def _log_plan(plan: dict[str, Any], how: str) -> None:
              "from the chosen architecture and are printed when their stage starts")
 
 
-def _source_step_seconds(source: str, task, data: ft.TaskData, tokenizer, config: PipelineConfig) -> float:
-    """One training step (forward and backward) of the source on a batch of the task: the budget's unit."""
-    import torch
-
-    device = io.device()
-    model = ft.load_task_model(source, task).train().to(device)
-    rows = data.train[:32] * math.ceil(32 / max(1, len(data.train[:32])))
-    batch = {k: v.to(device) for k, v in {**ft.encode(tokenizer, task, rows[:32], config.max_seq_len),
-                                           "labels": ft.targets(task, rows[:32])}.items()}
-
-    def step() -> None:
-        model(**batch).loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    return min(time_call(step, repeats=3, warmup=1)) / 1000
+def _teacher_settings(config: PipelineConfig, source: str, **run: Any) -> FinetuneConfig:
+    """The teacher's fine-tuning (the source on the task, seed 0), as its stage runs it and as the plan times it."""
+    return make(FinetuneConfig, model=source, task=config.task, **_data(config), seeds=[0], lr=1e-4,
+                batch_size=TASK_BATCH, measure_latency=False, **run)
 
 
-def _arch_step_seconds(plan: dict[str, Any], family: BertFamily, arch: tuple, batch: tuple[int, int],
-                       distil: bool) -> float:
-    """Seconds per step of `arch` at `batch` (rows, length), from the source's measured step by operation count.
-    Distillation adds the teacher's forward pass and the student's MLM head (hidden x vocabulary per token, often
-    more than the whole encoder of a small student)."""
-    source = family.cost(family.maximum(), 1, batch[1]).ops
-    ops = 3 * family.cost(arch, 1, batch[1]).ops
-    if distil:
-        ops += source + 3 * 2 * arch[2] * family.source_config.vocab_size * batch[1]
-    return plan["step_seconds"] * ops / (3 * source) * (batch[0] * batch[1]) / (plan["batch_size"] * plan["seq_len"])
+def _probe(out: Path, name: str, train: Callable[[Path, int], Any]) -> float:
+    """Seconds per optimizer step of a stage's own training, from a short run of it (`train(folder, steps)`) in a
+    scratch folder of the run: the engine logs each step's elapsed time, and the first step, which pays one-off
+    costs, is left out. Small students run well below the source's operations per second, so scaling the
+    source's step by operation count misjudged them (by a third on MRPC)."""
+    with tempfile.TemporaryDirectory(prefix=f".probe-{name}-", dir=out) as scratch:
+        train(Path(scratch) / "run", PROBE_STEPS)
+        elapsed = [r["elapsed_s"] for r in io.read_jsonl(Path(scratch) / "run" / "metrics.jsonl")
+                   if r.get("kind") == "train"]
+    return round((elapsed[-1] - elapsed[0]) / (len(elapsed) - 1), 4)
 
 
 def _stage_options(stage: str, config: PipelineConfig, plan: dict[str, Any], source: str) -> dict[str, Any]:
@@ -239,21 +248,22 @@ def _stage_options(stage: str, config: PipelineConfig, plan: dict[str, Any], sou
 
 
 # -- the stages ---------------------------------------------------------------------------------------------
-def _teacher(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
+def _teacher(ctx: Context, continuing: bool) -> dict[str, Any]:
+    config = ctx.config
     if config.teacher:
         return {"folder": str(config.teacher), "given": True}
-    folder = out / "teacher"
-    summary = ft.finetune(make(FinetuneConfig, model=source, task=config.task, output=str(folder), **_data(config),
-                               seeds=[0], lr=1e-4, max_steps=plan["teacher_steps"], batch_size=plan["batch_size"],
-                               resume=continuing, overwrite=folder.exists() and not continuing,
-                               measure_latency=False, progress=config.progress))
+    folder = ctx.out / "teacher"
+    summary = ft.finetune(_teacher_settings(config, ctx.source, output=str(folder), max_steps=ctx.plan["teacher_steps"],
+                                            resume=continuing, overwrite=folder.exists() and not continuing,
+                                            progress=config.progress))
     return {"folder": str(folder), "given": False, "dev": summary["plain"]["mean"]} if summary else {}
 
 
-def _extract(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
-    folder = out / "extract"
-    found = extract(_extract_config(config, source, steps=plan["search_steps"], output=str(folder), resume=continuing,
-                                    overwrite=folder.exists() and not continuing, progress=config.progress))
+def _extract(ctx: Context, continuing: bool) -> dict[str, Any]:
+    folder = ctx.out / "extract"
+    found = extract(_extract_config(ctx.config, ctx.source, steps=ctx.plan["search_steps"], output=str(folder),
+                                    resume=continuing, overwrite=folder.exists() and not continuing,
+                                    progress=ctx.config.progress))
     if not found.summary["target_met"]:
         log.warning(f"no finalist of the search met {found.summary['target']}: the student is the W-optimum "
                     f"{found.summary['chosen']['arch']}; the report says so")
@@ -267,32 +277,40 @@ def _extract_config(config: PipelineConfig, source: str, **run: Any) -> ExtractC
                 max_latency_ms=config.max_latency_ms, speed=config.speed, init="source", corpus=config.corpus, **run)
 
 
-def _pretrain(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
-    folder, family = out / "pretrain", BertFamily(source)
-    arch = tuple(results["extract"]["chosen"]["arch"].values())
-    step = _arch_step_seconds(plan, family, arch, PRETRAIN_BATCH, distil=True)
-    steps = max(1, int(plan["minutes"]["pretrain"] * 60 / step))
-    log.info(f"pretrain: {steps} steps of {','.join(map(str, arch))} at {PRETRAIN_BATCH[0]}x{PRETRAIN_BATCH[1]} "
-             f"(~{steps * step / 60:.1f} min predicted)")
-    done = pretrain(make(PretrainConfig, arch=results["extract"]["folder"], output=str(folder), teacher=source,
-                         init="source", corpus=config.corpus, max_steps=steps, batch_size=PRETRAIN_BATCH[0],
-                         max_seq_len=PRETRAIN_BATCH[1], eval_every=max(1, steps // 10), resume=continuing,
-                         overwrite=folder.exists() and not continuing, progress=config.progress))
+def _pretrain(ctx: Context, continuing: bool) -> dict[str, Any]:
+    config, folder = ctx.config, ctx.out / "pretrain"
+
+    def settings(output: Path, steps: int, **extra: Any) -> PretrainConfig:
+        return make(PretrainConfig, arch=ctx.results["extract"]["folder"], output=str(output), teacher=ctx.source,
+                    init="source", corpus=config.corpus, max_steps=steps, batch_size=PRETRAIN_BATCH[0],
+                    max_seq_len=PRETRAIN_BATCH[1], **{"progress": config.progress, **extra})
+
+    step = _stage_step_seconds(ctx, "pretrain", lambda output, steps: pretrain(settings(
+        output, steps, log_every=1, eval_every=0, save_every=0, measure_latency=False, progress=False)))
+    steps = max(1, int(ctx.plan["minutes"]["pretrain"] * 60 / step))
+    log.info(f"pretrain: {steps} steps of {_arch_text(ctx)} at {PRETRAIN_BATCH[0]}x{PRETRAIN_BATCH[1]}, "
+             f"{step:.3f} s each (~{steps * step / 60:.1f} min predicted)")
+    done = pretrain(settings(folder, steps, eval_every=max(1, steps // 10), resume=continuing,
+                             overwrite=folder.exists() and not continuing))
     return {"folder": str(folder), "steps": steps, "eval": done.eval, "curve": str(folder / "metrics.jsonl")}
 
 
-def _student(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
-    folder, family = out / "student", BertFamily(source)
-    arch = tuple(results["extract"]["chosen"]["arch"].values())
+def _student(ctx: Context, continuing: bool) -> dict[str, Any]:
+    config, plan, folder = ctx.config, ctx.plan, ctx.out / "student"
+    common = dict(model=ctx.results["pretrain"]["folder"], task=config.task, **_data(config), lr=3e-4,
+                  batch_size=plan["batch_size"], progress=config.progress)
+    step = _stage_step_seconds(ctx, "student", lambda output, steps: ft.train(
+        common["model"], ctx.task, ctx.data.train, make(FinetuneConfig, **{**common, "progress": False},
+                                                        output=str(output), max_steps=steps, log_every=1,
+                                                        save_every=0, measure_latency=False), output))
     runs = len(config.seeds) * (STUDENT_ROUNDS + 2 if config.agora else 1)  # Agora: rounds of Θ = 2 sets, pruned
-    step = _arch_step_seconds(plan, family, arch, (plan["batch_size"], config.max_seq_len), distil=False)
-    steps = max(1, int(plan["minutes"]["student"] * 60 / runs / step))
-    log.info(f"student: {runs} training run(s) of {steps} steps (~{runs * steps * step / 60:.1f} min predicted, "
-             "plus the teacher's outputs and the dev scores)")
-    common = dict(model=results["pretrain"]["folder"], task=config.task, output=str(folder), **_data(config),
-                  seeds=config.seeds, lr=3e-4, max_steps=steps, batch_size=plan["batch_size"],
-                  teacher=results["teacher"]["folder"], resume=continuing, overwrite=folder.exists() and not continuing,
-                  progress=config.progress)
+    # the teacher's outputs on the train split, once: a forward pass, about a third of the source's training step
+    outputs = math.ceil(len(ctx.data.train) / plan["batch_size"]) * plan["step_seconds"] / 3
+    steps = max(1, int((plan["minutes"]["student"] * 60 - outputs) / runs / step))
+    log.info(f"student: {runs} training run(s) of {steps} steps, {step:.3f} s each, after the teacher's outputs "
+             f"(~{(runs * steps * step + outputs) / 60:.1f} min predicted, plus the dev scores)")
+    common.update(output=str(folder), seeds=config.seeds, max_steps=steps, teacher=ctx.results["teacher"]["folder"],
+                  resume=continuing, overwrite=folder.exists() and not continuing)
     if config.agora:
         summary = agora(make(AgoraConfig, theta="lr=1e-4,3e-4", rounds=STUDENT_ROUNDS, **common))
         method = "agora"
@@ -307,17 +325,36 @@ def _student(config, plan, source, task, out, results, continuing) -> dict[str, 
             "teacher_dev": summary.get("teacher_dev") or summary.get("labeller_dev")}
 
 
-def _onnx(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
+def _stage_step_seconds(ctx: Context, stage: str, train: Callable[[Path, int], Any]) -> float:
+    """`_probe` of a stage's training on the chosen architecture, by process 0 once per architecture; plan.json
+    keeps it, so a rerun trains the same steps."""
+    key = f"{stage} {_arch_text(ctx)}"
+    measured = ctx.plan.setdefault("probed_step_seconds", {})
+    if key not in measured:
+        with io.alone_on_main() as main:
+            seconds = _probe(ctx.out, stage, train) if main else None
+        measured[key] = io.broadcast(seconds)
+        if io.is_main():
+            io.write_json(ctx.out / "plan.json", ctx.plan)
+    return measured[key]
+
+
+def _arch_text(ctx: Context) -> str:
+    return ",".join(map(str, ctx.results["extract"]["chosen"]["arch"].values()))
+
+
+def _onnx(ctx: Context, continuing: bool) -> dict[str, Any]:
     """fp32 and int8 ONNX of the student; int8 is kept only if its official-dev score (the task's main metric,
     classification or regression alike) is within 1 point of fp32's."""
+    task = ctx.task
     if task.kind == "multiple_choice":  # export writes the encoder without the choice head: not a deployable model
         return {"folder": None, "kept": None, "int8": False, "dev": {},
                 "why": "multiple-choice models are not exported (no choices axis); deploy student/ with PyTorch"}
-    folder = out / "onnx"
-    report = export(make(ExportConfig, model=results["student"]["folder"], output=str(folder), quantize="int8",
+    folder, metric = ctx.out / "onnx", task.metrics[0]
+    report = export(make(ExportConfig, model=ctx.results["student"]["folder"], output=str(folder), quantize="int8",
                          overwrite=folder.exists()))
-    data, metric = ft.load_data(task, config.data_dir, config.max_train_samples), task.metrics[0]
-    scores = {k: _onnx_score(Path(report["files"][k]), folder, task, data, config) for k in ("onnx", "onnx_int8")}
+    scores = {k: _onnx_score(Path(report["files"][k]), folder, task, ctx.data, ctx.config)
+              for k in ("onnx", "onnx_int8")}
     keep_int8 = scores["onnx_int8"][metric] >= scores["onnx"][metric] - 0.01
     why = (f"int8 dev {metric} {scores['onnx_int8'][metric]:.4f} vs fp32 {scores['onnx'][metric]:.4f}: "
            + ("within 1 point" if keep_int8 else "more than 1 point lower"))
@@ -340,10 +377,11 @@ def _onnx_score(model: Path, folder: Path, task, data: ft.TaskData, config: Pipe
     return compute(task.metrics, predictions, [task.label_index(e.label) for e in rows])
 
 
-def _report(config, plan, source, task, out, results, continuing) -> dict[str, Any]:
+def _report(ctx: Context, continuing: bool) -> dict[str, Any]:
     """Teacher and student timed side by side, summary.json, report.md and report.html (plots embedded)."""
     from bort.report import plot_curve
 
+    config, results, out = ctx.config, ctx.results, ctx.out
     tick, runtimes = time.perf_counter(), ["torch", "onnx", "onnx-int8"]
     timed = bench(make(BenchConfig, models=[f"teacher={results['teacher']['folder']}",
                                             f"student={results['student']['folder']}"], runtimes=runtimes, repeats=20,
@@ -353,7 +391,7 @@ def _report(config, plan, source, task, out, results, continuing) -> dict[str, A
                 if ms.get(("teacher", rt)) and ms.get(("student", rt))}
     plot_curve(Path(results["pretrain"]["curve"]), out / "pretrain_curve.png")
     records = io.read_json(out / "stages.json")
-    summary = {"task": config.task, "source": source, "target": _targets(config).describe(),
+    summary = {"task": config.task, "source": ctx.source, "target": _targets(config).describe(),
                "target_met": results["extract"]["target_met"], "teacher": results["teacher"],
                "architecture": results["extract"]["chosen"]["arch"],
                "w_optimum": results["extract"]["w_optimum"]["arch"], "pretrain": {
@@ -363,13 +401,13 @@ def _report(config, plan, source, task, out, results, continuing) -> dict[str, A
                "params": {m: next(r["params"] for r in timed if r["model"] == m) for m in ("teacher", "student")},
                "stage_seconds": {**{k: v.get("seconds") for k, v in records.items()},
                                  "report": round(time.perf_counter() - tick, 1)},
-               "budget_minutes": config.budget_minutes, "plan": plan, "final_model": results["student"]["folder"]}
+               "budget_minutes": config.budget_minutes, "plan": ctx.plan, "final_model": results["student"]["folder"]}
     io.write_json(out / "summary.json", summary)
     images = {name: (out / name).read_bytes() for name in IMAGES}
     blocks = _blocks(summary)
     io.write_text(out / "report.md", _markdown(blocks))
     io.write_text(out / "report.html", _html(blocks, images))
-    _model_card(Path(results["student"]["folder"]), summary, blocks, task)
+    _model_card(Path(results["student"]["folder"]), summary, blocks, ctx.task)
     return summary
 
 

@@ -74,14 +74,15 @@ class Engine:
 
     With `output`, it logs to output/metrics.jsonl and checkpoints to output/checkpoints (refusing to resume from one
     whose `fingerprint` differs). `local=True` trains in this process only, even under a launcher (the search gives
-    each process its own arms). `eval_batches(rank, world)` yields held-out batches."""
+    each process its own arms; inside `io.alone_on_main`, process 0 trains by itself). `eval_batches(rank, world)`
+    yields held-out batches."""
 
     def __init__(self, objective: nn.Module, batches: BatchSource, config: TrainConfig, output: Path | None = None,
                  fingerprint: dict[str, Any] | None = None,
                  eval_batches: Callable[[int, int], Iterable[Batch]] | None = None, local: bool = False,
                  desc: str = "train", progress: bool = True):
         self.objective, self.batches, self.config = objective, batches, config
-        self.output, self.eval_batches, self.local = output, eval_batches, local
+        self.output, self.eval_batches, self.local = output, eval_batches, local or io.alone()
         self.fingerprint, self.desc, self.progress, self.acc = io.strict_json(fingerprint or {}), desc, progress, None
 
     @property
@@ -114,13 +115,15 @@ class Engine:
         return int(state["step"])
 
     def _save(self, step: int, optimizer, scheduler, train: dict, last_eval: dict) -> None:
-        self.acc.wait_for_everyone()
+        if not self.local:  # a local run has no one to wait for
+            io.barrier()
         if self._main():
             scaler = self.acc.scaler.state_dict() if self.acc.scaler is not None else None
             io.save_checkpoint(self.checkpoint_dir, step, self.objective, optimizer,
                                {"fingerprint": self.fingerprint, "scheduler": scheduler.state_dict(), "scaler": scaler,
                                 "train": train, "eval": last_eval})
-        self.acc.wait_for_everyone()
+        if not self.local:
+            io.barrier()
 
     def _log(self, record: dict[str, Any]) -> None:
         if self._main():
