@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         transformers_logging.disable_progress_bar()  # bort's own bars say what is going on
         transformers_logging.set_verbosity_error()  # e.g. "newly initialised head": expected when fine-tuning
         RUNNERS[args.command](settings, args)
+        io.end_processes()
     except BortError as exc:
         print(f"bort {args.command}: error: {exc}", file=sys.stderr)
         return 2

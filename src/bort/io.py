@@ -100,6 +100,16 @@ def alone() -> bool:
     return _ALONE
 
 
+def end_processes() -> None:
+    """After a command: wait for every process, then close the process group, so that no process exits while another
+    still uses it (gloo aborts it: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if _partial_state() is not None:
         _partial_state().wait_for_everyone()

@@ -197,7 +197,7 @@ def _plan(out: Path, config: PipelineConfig, family: BertFamily, task: Task, dat
     spent = {"teacher": teacher_steps * step / 60, "extract": search_seconds / 60}
     spare = sum(minutes[k] - spent[k] for k in spent if k in minutes)
     for k in ("pretrain", "student"):
-        minutes[k] += spare * SHARES[k] / (SHARES["pretrain"] + SHARES["student"])
+        minutes[k] = max(0.0, minutes[k] + spare * SHARES[k] / (SHARES["pretrain"] + SHARES["student"]))
     minutes.update({k: v for k, v in spent.items() if k in minutes})
     plan = {"budget_minutes": config.budget_minutes, "measured_on": measured_on, "planned_for": planned_for,
             "step_seconds": round(step, 4), "minutes": {k: round(v, 4) for k, v in minutes.items()},
