@@ -187,6 +187,36 @@ def test_measured_speed_and_latency_constraint(tmp_path):
     assert result.summary["chosen"]["ratios_to_source"]["latency"] > 0
 
 
+def test_a_measured_target_is_confirmed_side_by_side_with_the_source(tmp_path, monkeypatch):
+    """The search's latencies are separate timings: its choice is the most accurate finalist that still meets the
+    target when timed side by side with the source, tried in order of ê."""
+    from bort.search import extraction
+
+    timed = []
+
+    def first_one_too_slow(fam, archs, *shape):
+        timed.append(tuple(archs[1]))
+        return [[5.0, 5.2, 4.9], [20.0, 21.0, 19.0] if len(timed) == 1 else [1.0, 1.1, 0.9]]  # source, candidate
+
+    monkeypatch.setattr(extraction, "side_by_side", first_one_too_slow)
+    result = extract(family="mlp", epsilon=0.5, theta="lr=3e-3", speed="measured", max_latency_ms=10.0,
+                     output=str(tmp_path), progress=False)
+    feasible, records = result.search.feasible, result.summary["side_by_side"]
+    assert len(feasible) >= 2 and feasible == sorted(feasible, key=lambda c: (c.error, -c.W, c.arch))
+    assert timed == [c.arch for c in feasible[:2]] == [tuple(r["arch"]) for r in records]
+    assert [r["meets"] for r in records] == [False, True] and records[1]["speedup"] == 5.0
+    assert records[1]["speedup_at_least"] <= 5.0 and records[1]["latency_ms_at_most"] >= 1.0
+    assert result.constrained is feasible[1] and result.summary["target_met"]
+    chosen = json.loads((tmp_path / "result.json").read_text())["chosen"]["arch"]
+    assert tuple(chosen.values()) == feasible[1].arch
+
+    monkeypatch.setattr(extraction, "side_by_side", lambda fam, archs, *shape: [[5.0] * 3, [9.0, 11.0, 10.5]])
+    missed = extract(family="mlp", epsilon=0.5, theta="lr=3e-3", speed="measured", max_latency_ms=10.0,
+                     output=str(tmp_path), progress=False, resume=True)
+    assert missed.constrained is None and not missed.summary["target_met"]
+    assert len(missed.summary["side_by_side"]) == len(feasible)
+
+
 def test_a_diverging_or_nan_arm_gets_zero_w_and_the_search_goes_on(tmp_path):
     toy = ToySurrogate(MLP)
 

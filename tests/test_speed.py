@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def test_bench_tiny_configs(tmp_path):
 def test_bench_primes_short_calls_before_timing(monkeypatch, tmp_path, prime_below_ms, calls_expected):
     """A short call gets an untimed call of its own cell first, so it is not timed on the caches of another."""
     import bort.speed.bench as speed_bench
+    from bort.speed import latency
 
     counted = []
     original = speed_bench._call
@@ -111,7 +113,7 @@ def test_bench_primes_short_calls_before_timing(monkeypatch, tmp_path, prime_bel
         return lambda: counted.append(1) or run()
 
     monkeypatch.setattr(speed_bench, "_call", counting_call)
-    monkeypatch.setattr(speed_bench, "PRIME_BELOW_MS", prime_below_ms)
+    monkeypatch.setattr(latency, "PRIME_BELOW_MS", prime_below_ms)
     records = bench([_config(tmp_path / "p")], seq_lens=[8], threads=1, repeats=3, warmup_runs=1,
                     progress=False).records
     assert len(counted) == calls_expected and records[0]["runs"] == 3
@@ -207,3 +209,19 @@ def test_latency_measured_beside_other_jobs_is_not_cached(tmp_path, monkeypatch,
     mlp = get_family("mlp")
     assert cache.measure(mlp, mlp.maximum(), repeats=2) > 0
     assert bool(latency.LatencyCache(tmp_path / "latency.json").entries) == kept
+
+
+def test_side_by_side_times_each_architecture_interleaved(monkeypatch):
+    """The source and a sixth of its depth and width, timed in alternation: each gets its own median, and the
+    smaller is faster. The rounds rotate which model runs first."""
+    from bort.families import BertFamily
+    from bort.speed import latency
+
+    assert latency.interleaved(3, 0) == [0, 1, 2] and latency.interleaved(3, 1) == [1, 2, 0]
+    family = BertFamily(BertConfig(**{**TINY, "hidden_size": 192, "num_hidden_layers": 6, "num_attention_heads": 6,
+                                      "intermediate_size": 768, "max_position_embeddings": 128}))
+    source_ms, small_ms = latency.side_by_side(family, [family.maximum(), (1, 6, 96, 96)], 1, 64, repeats=8)
+    assert len(source_ms) == len(small_ms) == 8 and min(small_ms) > 0
+    assert statistics.median(source_ms) > 2 * statistics.median(small_ms)
+    ratios = [s / m for s, m in zip(source_ms, small_ms, strict=True)]
+    assert latency.median_bound(ratios, 0.05) <= statistics.median(ratios) <= latency.median_bound(ratios, 0.95)

@@ -117,9 +117,11 @@ def run_extract(settings: cfg.ExtractConfig, args: argparse.Namespace) -> None:
     print(f"W-optimal: {','.join(names)} = {','.join(map(str, search.chosen.arch))}  "
           f"(params x{search.chosen.params / search.maximum.params:.3f}, W = {search.chosen.W:.4f})")
     if (target := result.summary["target"]) and search.constrained is not None:
-        c = search.constrained
+        c, timed = search.constrained, result.summary.get("side_by_side")
+        speedup, how = (timed[-1]["speedup"], " side by side") if timed else (
+            search.maximum.speed(measured) / c.speed(measured), "")
         print(f"most accurate meeting {target}: {','.join(names)} = {','.join(map(str, c.arch))}  (ê = {c.error:.4f}, "
-              f"{search.maximum.speed(measured) / c.speed(measured):.1f}x faster than the source, W = {c.W:.4f})")
+              f"{speedup:.1f}x faster than the source{how}, W = {c.W:.4f})")
     elif target:
         print(f"no finalist meets {target}; the W-optimum is reported instead")
     print(f"results in {result.output}")

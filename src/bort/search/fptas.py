@@ -111,6 +111,7 @@ class SearchResult:
     trained_steps: int  # steps actually run by this invocation (0 for a fully resumed run)
     seconds: float
     finalists: list[Candidate] = field(default_factory=list)
+    feasible: list[Candidate] = field(default_factory=list)  # the finalists meeting the targets, lowest ê first
 
 
 def w_coefficient(c: Candidate, t: Candidate, measured: bool, error: float) -> float:
@@ -280,6 +281,6 @@ class FPTAS:
         feasible = sorted((c for c in final if self._allowed(c)), key=lambda c: (c.error, -c.W, c.arch)) \
             if self.constraints else []
         return SearchResult(candidates=evaluated, maximum=self.maximum, chosen=final[0], finalists=final,
-                            constrained=feasible[0] if feasible else None, space_size=0, invalid={}, seconds=seconds,
-                            dominated_out=self.dominated_out, rungs=self.rungs, steps=self.steps,
-                            planned_steps=self.planned_steps, trained_steps=trained)
+                            feasible=feasible, constrained=feasible[0] if feasible else None, space_size=0,
+                            invalid={}, seconds=seconds, dominated_out=self.dominated_out, rungs=self.rungs,
+                            steps=self.steps, planned_steps=self.planned_steps, trained_steps=trained)

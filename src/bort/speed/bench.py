@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +27,10 @@ import torch
 from bort import io
 from bort.config import BenchConfig
 from bort.errors import BortError
-from bort.speed.latency import busy_warning, hardware_id, time_call, torch_threads
+from bort.speed.latency import busy_warning, hardware_id, interleaved, primed_ms, time_call, torch_threads
 from bort.speed.models import SpeedModel, example_inputs, input_names, resolve
 
 GEMM_SIZES = (512, 1024, 2048)
-# Calls shorter than this get an untimed call of the same cell right before each timed one (see _run).
-PRIME_BELOW_MS = 1000.0
 
 
 def _gflops(flops: float, ms: float) -> float:
@@ -181,9 +178,7 @@ def _time_shapes(cells: list[_Cell], shapes: list[tuple[int, int]], repeats: int
         shape_cells = [_Cell(c.model, c.runtime, c.engine, error=c.error) for c in cells]
         calls: dict[int, Callable[[], object]] = {}
         for round_ in range(warmup + repeats):
-            # rotate the starting cell each round so no model always runs first (or right after another)
-            for k in range(len(shape_cells)):
-                index = (k + round_) % len(shape_cells)
+            for index in interleaved(len(shape_cells), round_):
                 cell = shape_cells[index]
                 if cell.error or (round_ >= warmup and max_seconds and sum(cell.times) > max_seconds * 1000
                                   and len(cell.times) >= min(3, repeats)):
@@ -192,11 +187,7 @@ def _time_shapes(cells: list[_Cell], shapes: list[tuple[int, int]], repeats: int
                     if index not in calls:
                         calls[index] = _call(cell, batch_size, seq_len)
                     with torch.inference_mode():
-                        if round_ >= warmup and cell.last_ms is not None and cell.last_ms < PRIME_BELOW_MS:
-                            calls[index]()  # the previous cell evicted this model's weights from the caches
-                        start = time.perf_counter()
-                        calls[index]()
-                        cell.last_ms = (time.perf_counter() - start) * 1000
+                        cell.last_ms = primed_ms(calls[index], cell.last_ms if round_ >= warmup else None)
                 except Exception as exc:  # a runtime failing on one model must not lose the others' figures
                     cell.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"
                     continue

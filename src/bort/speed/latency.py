@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bort import io
@@ -46,6 +47,28 @@ def time_call(fn: Callable[[], object], repeats: int = 10, warmup: int = 3) -> l
         fn()
         times.append((time.perf_counter() - start) * 1000)
     return times
+
+
+# Calls shorter than this get an untimed call of the same model right before each timed one (see `primed_ms`).
+PRIME_BELOW_MS = 1000.0
+
+
+def interleaved(count: int, round_: int) -> list[int]:
+    """The order of `count` models in one round of a side-by-side timing: the start rotates each round, so no
+    model always runs first (or right after the same other model), and drift in the machine hits all alike."""
+    return [(k + round_) % count for k in range(count)]
+
+
+def primed_ms(call: Callable[[], object], last_ms: float | None) -> float:
+    """Milliseconds of one call inside an interleaved round, after an untimed call of the same model when its
+    last call was short (`last_ms` < PRIME_BELOW_MS; None: no priming). The model run before it evicted this
+    one's weights from the caches, which a server calling one model back to back never sees (a small int8 model
+    fits in the L3 cache)."""
+    if last_ms is not None and last_ms < PRIME_BELOW_MS:
+        call()
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1000
 
 
 @contextlib.contextmanager
@@ -105,6 +128,37 @@ def cpu_latency(model: torch.nn.Module, inputs: dict[str, torch.Tensor], repeats
     if warning := busy_warning(load[0] if load else None, threads):
         out["latency_warning"] = warning
     return out
+
+
+def side_by_side(family: Family, archs: list[Arch], batch_size: int = 1, seq_len: int = 128, repeats: int = 40,
+                 warmup: int = 3) -> list[list[float]]:
+    """Milliseconds of each architecture (seeded random weights) in each of `repeats` rounds, timed interleaved as
+    `bort bench` times models. Ratios within a round are what a user measures side by side; ratios of two separate
+    (cached) timings are not, as the machine drifts between them. Figures taken on a busy machine are logged."""
+    torch.manual_seed(0)
+    models = [family.build(a).eval() for a in archs]
+    calls = [functools.partial(model, **family.example_input(a, batch_size, seq_len))
+             for model, a in zip(models, archs, strict=True)]
+    times: list[list[float]] = [[] for _ in archs]
+    last: list[float | None] = [None for _ in archs]
+    with others_load() as load, torch.inference_mode():
+        for round_ in range(warmup + repeats):
+            for i in interleaved(len(calls), round_):
+                last[i] = primed_ms(calls[i], last[i] if round_ >= warmup else None)
+                if round_ >= warmup:
+                    times[i].append(last[i])
+    if warning := busy_warning(load[0] if load else None, torch.get_num_threads()):
+        log.warning("side-by-side timing: %s", warning)
+    return times
+
+
+def median_bound(values: list[float], quantile: float, resamples: int = 2000) -> float:
+    """The `quantile` of the median of `values` over seeded bootstrap resamples: with 0.05, a median at least this
+    large has 95% confidence; with 0.95, one at most this large."""
+    rng = np.random.default_rng(0)
+    data = np.asarray(values, dtype=float)
+    medians = np.median(data[rng.integers(0, len(data), (resamples, len(data)))], axis=1)
+    return float(np.quantile(medians, quantile))
 
 
 class LatencyCache:
