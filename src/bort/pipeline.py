@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import logging
 import math
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -60,7 +62,10 @@ from bort.tasks.registry import Task
 log = logging.getLogger("bort")
 STAGES = ("teacher", "extract", "pretrain", "student", "onnx", "report")
 SHARES = {"teacher": 0.30, "extract": 0.15, "pretrain": 0.33, "student": 0.20, "onnx": 0.02}  # ONNX used 0.5% on MRPC
-PRETRAIN_BATCH, TASK_BATCH, STUDENT_ROUNDS, PROBE_STEPS = (16, 128), 32, 3, 6
+PRETRAIN_BATCH, TASK_BATCH, STUDENT_ROUNDS = (16, 128), 32, 3
+# a timing run (`_probe`): a few steps, each logged, nothing saved or shown
+PROBE = {"max_steps": 8, "log_every": 1, "save_every": 0, "progress": False}
+PLAN_FILE = "plan.json"
 IMAGES = ("speed.png", "extract/pareto.png", "pretrain_curve.png")  # relative to the run folder
 
 
@@ -171,7 +176,7 @@ def _check_targets(family: BertFamily, config: PipelineConfig, source: str) -> N
 def _plan(out: Path, config: PipelineConfig, family: BertFamily, task: Task, data: ft.TaskData,
           source: str) -> dict[str, Any]:
     """Steps and minutes per stage (see the module doc), fixed at the run's start and kept in plan.json."""
-    path = out / "plan.json"
+    path = out / PLAN_FILE
     saved = io.read_json(path) if path.is_file() else {}
     measured_on = io.strict_json({"source": source, "task": config.task, "data": [config.data_dir, task_files(config)],
                                   "max_train_samples": config.max_train_samples, "max_seq_len": config.max_seq_len})
@@ -183,8 +188,8 @@ def _plan(out: Path, config: PipelineConfig, family: BertFamily, task: Task, dat
     # another budget or target re-plans from the same measured step (and re-runs what it changes)
     same_data = saved.get("measured_on") == measured_on
     step = saved.get("step_seconds") if same_data else None
-    step = step or _probe(out, "source", lambda output, steps: ft.train(source, task, data.train, _teacher_settings(
-        config, source, output=str(output), max_steps=steps, log_every=1, save_every=0), output))
+    step = step or _probe(out, "source", lambda output, quiet: ft.train(source, task, data.train, _teacher_settings(
+        config, source, output=str(output), **quiet), output))
     shares = {k: v for k, v in SHARES.items() if k != "teacher" or not config.teacher}
     minutes = {k: config.budget_minutes * v / sum(shares.values()) for k, v in shares.items()}
     batch, length = TASK_BATCH, config.max_seq_len
@@ -203,7 +208,7 @@ def _plan(out: Path, config: PipelineConfig, family: BertFamily, task: Task, dat
             "step_seconds": round(step, 4), "minutes": {k: round(v, 4) for k, v in minutes.items()},
             "teacher_steps": teacher_steps, "search_steps": search_steps, "batch_size": batch, "seq_len": length,
             "probed_step_seconds": saved.get("probed_step_seconds", {}) if same_data else {}}
-    io.write_json(path, plan)
+    _save_plan(out, plan)
     _log_plan(plan, f"one training step of the source takes {step:.2f} s")
     return plan
 
@@ -222,16 +227,21 @@ def _teacher_settings(config: PipelineConfig, source: str, **run: Any) -> Finetu
                 batch_size=TASK_BATCH, measure_latency=False, **run)
 
 
-def _probe(out: Path, name: str, train: Callable[[Path, int], Any]) -> float:
-    """Seconds per optimizer step of a stage's own training, from a short run of it (`train(folder, steps)`) in a
-    scratch folder of the run: the engine logs each step's elapsed time, and the first step, which pays one-off
-    costs, is left out. Small students run well below the source's operations per second, so scaling the
-    source's step by operation count misjudged them (by a third on MRPC)."""
+def _save_plan(out: Path, plan: dict[str, Any]) -> None:
+    io.write_json(out / PLAN_FILE, plan)
+
+
+def _probe(out: Path, name: str, train: Callable[[Path, dict[str, Any]], Any]) -> float:
+    """Seconds per optimizer step of a stage's own training, from a short run of it (`train(folder, PROBE)`, PROBE
+    being the settings to lay over the stage's) in a scratch folder of the run: the median of the engine's logged
+    step times, so the first steps, which pay one-off costs (on a GPU, several of them), are left out. Small students
+    run well below the source's operations per second, so scaling the source's step by operation count misjudged
+    them (by a third on MRPC)."""
     with tempfile.TemporaryDirectory(prefix=f".probe-{name}-", dir=out) as scratch:
-        train(Path(scratch) / "run", PROBE_STEPS)
+        train(Path(scratch) / "run", PROBE)
         elapsed = [r["elapsed_s"] for r in io.read_jsonl(Path(scratch) / "run" / "metrics.jsonl")
                    if r.get("kind") == "train"]
-    return round((elapsed[-1] - elapsed[0]) / (len(elapsed) - 1), 4)
+    return round(statistics.median(b - a for a, b in itertools.pairwise(elapsed)), 4)
 
 
 def _stage_options(stage: str, config: PipelineConfig, plan: dict[str, Any], source: str) -> dict[str, Any]:
@@ -280,17 +290,18 @@ def _extract_config(config: PipelineConfig, source: str, **run: Any) -> ExtractC
 def _pretrain(ctx: Context, continuing: bool) -> dict[str, Any]:
     config, folder = ctx.config, ctx.out / "pretrain"
 
-    def settings(output: Path, steps: int, **extra: Any) -> PretrainConfig:
-        return make(PretrainConfig, arch=ctx.results["extract"]["folder"], output=str(output), teacher=ctx.source,
-                    init="source", corpus=config.corpus, max_steps=steps, batch_size=PRETRAIN_BATCH[0],
-                    max_seq_len=PRETRAIN_BATCH[1], **{"progress": config.progress, **extra})
+    def settings(output: Path, **run: Any) -> PretrainConfig:
+        return make(PretrainConfig, **{"arch": ctx.results["extract"]["folder"], "output": str(output),
+                                       "teacher": ctx.source, "init": "source", "corpus": config.corpus,
+                                       "batch_size": PRETRAIN_BATCH[0], "max_seq_len": PRETRAIN_BATCH[1],
+                                       "progress": config.progress, **run})
 
-    step = _stage_step_seconds(ctx, "pretrain", lambda output, steps: pretrain(settings(
-        output, steps, log_every=1, eval_every=0, save_every=0, measure_latency=False, progress=False)))
+    step = _stage_step_seconds(ctx, "pretrain", lambda output, quiet: pretrain(settings(
+        output, **quiet, eval_every=0, measure_latency=False)))
     steps = max(1, int(ctx.plan["minutes"]["pretrain"] * 60 / step))
     log.info(f"pretrain: {steps} steps of {_arch_text(ctx)} at {PRETRAIN_BATCH[0]}x{PRETRAIN_BATCH[1]}, "
              f"{step:.3f} s each (~{steps * step / 60:.1f} min predicted)")
-    done = pretrain(settings(folder, steps, eval_every=max(1, steps // 10), resume=continuing,
+    done = pretrain(settings(folder, max_steps=steps, eval_every=max(1, steps // 10), resume=continuing,
                              overwrite=folder.exists() and not continuing))
     return {"folder": str(folder), "steps": steps, "eval": done.eval, "curve": str(folder / "metrics.jsonl")}
 
@@ -299,10 +310,9 @@ def _student(ctx: Context, continuing: bool) -> dict[str, Any]:
     config, plan, folder = ctx.config, ctx.plan, ctx.out / "student"
     common = dict(model=ctx.results["pretrain"]["folder"], task=config.task, **_data(config), lr=3e-4,
                   batch_size=plan["batch_size"], progress=config.progress)
-    step = _stage_step_seconds(ctx, "student", lambda output, steps: ft.train(
-        common["model"], ctx.task, ctx.data.train, make(FinetuneConfig, **{**common, "progress": False},
-                                                        output=str(output), max_steps=steps, log_every=1,
-                                                        save_every=0, measure_latency=False), output))
+    step = _stage_step_seconds(ctx, "student", lambda output, quiet: ft.train(
+        common["model"], ctx.task, ctx.data.train, make(FinetuneConfig, **{**common, **quiet}, output=str(output),
+                                                        measure_latency=False), output))
     runs = len(config.seeds) * (STUDENT_ROUNDS + 2 if config.agora else 1)  # Agora: rounds of Θ = 2 sets, pruned
     # the teacher's outputs on the train split, once: a forward pass, about a third of the source's training step
     outputs = math.ceil(len(ctx.data.train) / plan["batch_size"]) * plan["step_seconds"] / 3
@@ -335,7 +345,7 @@ def _stage_step_seconds(ctx: Context, stage: str, train: Callable[[Path, int], A
             seconds = _probe(ctx.out, stage, train) if main else None
         measured[key] = io.broadcast(seconds)
         if io.is_main():
-            io.write_json(ctx.out / "plan.json", ctx.plan)
+            _save_plan(ctx.out, ctx.plan)
     return measured[key]
 
 

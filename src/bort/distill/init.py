@@ -78,8 +78,8 @@ def _head_units(src: dict[str, torch.Tensor], prefix: str, heads: int, src_heads
         # Fewer, wider heads than the source: each student head takes whole source heads side by side
         # (the strongest ceil(H / d') of them, in order), truncated to the student's width.
         whole = _top(per_head, min(src_heads, -(-hidden_idx.numel() // d_src)))
-        units = torch.cat([h * d_src + torch.arange(d_src) for h in whole.tolist()])[:hidden_idx.numel()]
-        return units, units
+        units = torch.cat([h * d_src + torch.arange(d_src, device=q.device) for h in whole.tolist()])
+        return units[:hidden_idx.numel()], units[:hidden_idx.numel()]
     kept = _top(per_head, heads)
     scores = (norms(q) * norms(k)).view(src_heads, d_src), (norms(v) * o.pow(2).sum(dim=0)).view(src_heads, d_src)
     qk, vo = (torch.cat([h * d_src + _top(score[h], d) for h in kept.tolist()]) for score in scores)

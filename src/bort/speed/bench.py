@@ -61,7 +61,8 @@ def ort_gemm_peak(threads: int, sizes: Iterable[int] = GEMM_SIZES, repeats: int 
             values = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "abc"]
             graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", values[:2], values[2:])
             path = Path(tmp) / f"gemm{n}.onnx"
-            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+            # IR 10 (onnx 1.16): a MatMul needs nothing newer, and older onnxruntime builds refuse newer IRs
+            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
             session = ort_session(path, threads, spinning=False)
             feed = {x: np.random.default_rng(0).standard_normal((n, n), dtype=np.float32) for x in "ab"}
             best = max(best, _best_gflops(lambda s=session, f=feed: s.run(None, f), 2 * n**3, repeats))
