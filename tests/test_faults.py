@@ -315,6 +315,23 @@ def test_overwrite_never_clears_the_working_folder(tmp_path, capsys, monkeypatch
     assert "--overwrite would clear" in text and (run_dir / "metrics.json").is_file()
 
 
+def test_overwrite_never_removes_what_the_user_added_or_edited_in_a_run(tmp_path, capsys, shared_data, tiny_model):
+    """--overwrite cleared every child of a folder bort had marked, a note the user added to it later too. bort now
+    keeps when it wrote there (its sessions), and refuses to remove a file changed outside them."""
+    out, args = finished_finetune(tmp_path, capsys, shared_data, tiny_model)
+    time.sleep(0.05)  # file times tick in steps of a few milliseconds; a user adds files later than that
+    notes, metrics = out / "notes.md", out / "metrics.json"
+    notes.write_text("mine")
+    metrics.write_text(metrics.read_text() + " ")  # a file bort wrote, edited since
+    text = one_line(capsys, *args, "--overwrite")
+    assert "--overwrite would remove 2 file(s) bort did not write" in text and "metrics.json, notes.md" in text
+    assert notes.read_text() == "mine" and "move them out of it, or choose another --output" in text
+    notes.rename(tmp_path / "notes.md")
+    metrics.rename(tmp_path / "metrics.json")
+    assert main([*args, "--overwrite"]) == 0 and (tmp_path / "notes.md").read_text() == "mine"  # the fix works
+    assert main([*args, "--overwrite", "--lr", "1e-4"]) == 0  # and bort's own files are still its own
+
+
 def test_a_changed_setting_is_named_with_both_values(tmp_path, capsys, shared_data, tiny_model):
     out, args = finished_finetune(tmp_path, capsys, shared_data, tiny_model)
     text = one_line(capsys, *args, "--resume", "--lr", "0.001")

@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bort {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
+    finally:
+        io.end_sessions()
     return 0
 
 

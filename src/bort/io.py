@@ -13,6 +13,7 @@ Policies that every command shares live here and nowhere else:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import errno
@@ -23,6 +24,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -405,13 +407,75 @@ def prepare_output(output: str | os.PathLike | None, command: str, resume: bool 
         for keep in (Path.cwd().resolve(), Path.home().resolve()) if clearing else ():
             if keep == target or target in keep.parents:
                 raise BortError(f"--overwrite would clear {target}, which holds {keep}; choose another --output")
+        if clearing and (others := _written_by_others(folder)):
+            raise BortError(f"--overwrite would remove {len(others)} file(s) bort did not write in {folder} ("
+                            + ", ".join(others[:3]) + (", ..." if len(others) > 3 else "") + "); move them out of "
+                            "it, or choose another --output")
         if clearing:
             for child in folder.iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     check_writable(folder)
-    if not (folder / MARKER).is_file():
-        write_json(folder / MARKER, {"command": command, "created": datetime.now(UTC).isoformat()})
+    _begin_session(folder, command)
     return Path(broadcast(str(folder)))
+
+
+# -- what bort wrote in a run folder --------------------------------------------------------------------------
+# The marker records when each bort command wrote in the folder (its sessions, in the file system's clock). A file
+# last changed inside a session is bort's; one changed between sessions (a note, an edited report) is the user's,
+# and --overwrite refuses to remove it. A session whose end was never recorded (a killed process) lasts until the
+# next one began.
+_OPEN_SESSIONS: set[Path] = set()
+
+
+def _fs_now(folder: Path) -> float:
+    """The file system's clock, which file times are compared with, read off a scratch file."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".bort-clock-") as scratch:
+        return os.fstat(scratch.fileno()).st_mtime
+
+
+def _sessions(record: dict[str, Any]) -> list[list[float | None]]:
+    if "sessions" in record:
+        return record["sessions"]
+    created = datetime.fromisoformat(record["created"]).timestamp() if "created" in record else 0.0
+    return [[created, None]]  # a marker from before sessions were kept: everything since it was made
+
+
+def _begin_session(folder: Path, command: str) -> None:
+    marker = folder / MARKER
+    record = read_json(marker) if marker.is_file() else {"command": command,
+                                                         "created": datetime.now(UTC).isoformat(), "sessions": []}
+    record["sessions"] = [*_sessions(record), [_fs_now(folder), None]]
+    write_json(marker, record)
+    if not _OPEN_SESSIONS:
+        atexit.register(end_sessions)
+    _OPEN_SESSIONS.add(folder)
+
+
+def end_sessions() -> None:
+    """Record that bort stopped writing in the run folders this process opened (after each CLI command, and at exit)."""
+    for folder in list(_OPEN_SESSIONS):
+        _OPEN_SESSIONS.discard(folder)
+        with contextlib.suppress(OSError, ValueError, KeyError, BortError):
+            record = read_json(folder / MARKER)
+            if record["sessions"] and record["sessions"][-1][1] is None:
+                record["sessions"][-1][1] = _fs_now(folder)
+                write_json(folder / MARKER, record)
+
+
+def _written_by_others(folder: Path) -> list[str]:
+    """The files below `folder` (relative paths) last changed outside every bort session there (see above)."""
+    sessions = _sessions(read_json(folder / MARKER))
+    ends = [end if end is not None else (sessions[i + 1][0] if i + 1 < len(sessions) else math.inf)
+            for i, (_, end) in enumerate(sessions)]
+    others = []
+    for root, dirs, files in os.walk(folder):  # links to folders are listed, not entered
+        here = Path(root)
+        for path in [here / f for f in files] + [here / d for d in dirs if (here / d).is_symlink()]:
+            changed = path.lstat().st_mtime
+            if path != folder / MARKER and not any(start <= changed <= end
+                                                   for (start, _), end in zip(sessions, ends, strict=True)):
+                others.append(str(path.relative_to(folder)))
+    return sorted(others)
 
 
 def same_settings(saved: dict[str, Any], current: dict[str, Any], what: str) -> None:
