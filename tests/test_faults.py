@@ -251,6 +251,8 @@ def test_damaged_weights_are_one_line_in_every_command(tmp_path, capsys, shared_
     (["bench", "--models", "bert-base", "--threads", "-3"], "--threads must be at least 1"),
     (["bench", "--models", "bert-base", "--threads", "0"], "--threads must be at least 1"),
     (["bench", "--models", "bert-base", "--plot", "latency.txt"], "name a .png, .pdf or .svg file"),
+    pytest.param(["bench", "--models", "bert-base", "--device", "cuda"], "--device cuda: PyTorch sees no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
     (["cost", "--arch", "100000,12,768,3072", "--measure"], "GiB to run, more than this machine's"),
     (["export", "--model", "bert-base", "--opset", "5"], "--opset must be at least 13"),
     (["export", "--model", "bert-base", "--opset", "13", "--no-fuse"], "pass --opset 18"),

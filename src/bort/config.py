@@ -335,6 +335,8 @@ class BenchConfig(Options):
     warmup_runs: int = option(2, "untimed runs per cell first", minimum=0)
     max_seconds: float | None = option(None, "stop timing a cell after this many seconds (>= 3 runs)", above=0)
     plot: str | None = option(None, "write a latency plot (png, pdf, svg)", metavar="FILE")
+    device: str = option("cpu", "where the PyTorch runtimes (torch, compile) run; ONNX Runtime stays on the CPU",
+                         choices=("cpu", "cuda"))
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -41,11 +41,19 @@ def _best_gflops(fn: Callable[[], object], flops: float, repeats: int) -> float:
     return _gflops(flops, statistics.median(time_call(fn, repeats, warmup=1)))
 
 
-def torch_gemm_peak(threads: int, sizes: Iterable[int] = GEMM_SIZES, repeats: int = 5) -> float:
-    """Best median GFLOP/s of fp32 square matrix products in PyTorch over a few sizes."""
+def torch_gemm_peak(threads: int, sizes: Iterable[int] = GEMM_SIZES, repeats: int = 5, device: str = "cpu") -> float:
+    """Best median GFLOP/s of fp32 square matrix products in PyTorch over a few sizes (on `device`)."""
     with torch_threads(threads), torch.inference_mode():
-        pairs = [(torch.randn(n, n), torch.randn(n, n)) for n in sizes]
-        return max((_best_gflops(lambda a=a, b=b: a @ b, 2 * len(a) ** 3, repeats) for a, b in pairs), default=0.0)
+        pairs = [(torch.randn(n, n, device=device), torch.randn(n, n, device=device)) for n in sizes]
+        return max((_best_gflops(_synchronized(lambda a=a, b=b: a @ b, device), 2 * len(a) ** 3, repeats)
+                    for a, b in pairs), default=0.0)
+
+
+def _synchronized(call: Callable[[], object], device: str) -> Callable[[], object]:
+    """`call`, waiting for the GPU to finish it: a CUDA call returns once its work is queued, not done."""
+    if device == "cpu":
+        return call
+    return lambda: (call(), torch.cuda.synchronize())
 
 
 def ort_gemm_peak(threads: int, sizes: Iterable[int] = GEMM_SIZES, repeats: int = 5) -> float:
@@ -81,10 +89,11 @@ class _Cell:
     last_ms: float | None = None
 
 
-def _engine(model: SpeedModel, runtime: str, threads: int, onnx_dir: Path, modules: dict[str, torch.nn.Module]) -> Any:
+def _engine(model: SpeedModel, runtime: str, threads: int, onnx_dir: Path, modules: dict[str, torch.nn.Module],
+            device: str = "cpu") -> Any:
     if runtime in ("torch", "compile"):
         if model.label not in modules:
-            modules[model.label] = model.build()
+            modules[model.label] = model.build().to(device)
         return modules[model.label] if runtime == "torch" else torch.compile(modules[model.label], dynamic=False)
     from bort.speed.export import cached_export, ort_session
 
@@ -92,10 +101,11 @@ def _engine(model: SpeedModel, runtime: str, threads: int, onnx_dir: Path, modul
     return ort_session(path, threads, spinning=False)
 
 
-def _call(cell: _Cell, batch_size: int, seq_len: int) -> Callable[[], object]:
+def _call(cell: _Cell, batch_size: int, seq_len: int, device: str = "cpu") -> Callable[[], object]:
     inputs = example_inputs(cell.model, batch_size, seq_len)
     if cell.runtime in ("torch", "compile"):
-        return lambda: cell.engine(**inputs)
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        return _synchronized(lambda: cell.engine(**inputs), device)
     feed = {n: inputs[n].numpy() for n in input_names(cell.model.config)}
     return lambda: cell.engine.run(None, feed)
 
@@ -129,6 +139,9 @@ def bench(config: BenchConfig, json_path: str | os.PathLike | None = None, progr
         raise BortError(f"two models are labelled '{repeated[0]}'; name them with LABEL=SOURCE")
     for spec in specs:
         example_inputs(spec, 1, max(config.seq_lens))  # a one-line error before any slow work
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise BortError("--device cuda: PyTorch sees no CUDA GPU here (a CPU build, or no driver); drop --device "
+                        "to time on the CPU")
     threads = config.threads or torch.get_num_threads()
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="bort-bench-") as tmp:
         records = _run(specs, config, threads, warmup, Path(tmp), progress)
@@ -143,14 +156,16 @@ def _run(specs: list[SpeedModel], config: BenchConfig, threads: int, warmup: int
          progress: bool) -> list[dict[str, Any]]:
     use_ort = any(r.startswith("onnx") for r in config.runtimes)
     load_start = _load()
-    peaks = {"torch": [torch_gemm_peak(threads)], "onnxruntime": [ort_gemm_peak(threads)] if use_ort else []}
+    device = config.device
+    peaks = {"torch": [torch_gemm_peak(threads, device=device)],
+             "onnxruntime": [ort_gemm_peak(threads)] if use_ort else []}
     modules: dict[str, torch.nn.Module] = {}
     cells = []
     for spec in io.progress_bar(None, "preparing models", progress, iterable=specs):
         for runtime in config.runtimes:
             cell = _Cell(spec, runtime, None)
             try:
-                cell.engine = _engine(spec, runtime, threads, onnx_dir, modules)
+                cell.engine = _engine(spec, runtime, threads, onnx_dir, modules, device)
             except BortError as exc:
                 cell.error = str(exc)
             cells.append(cell)
@@ -160,19 +175,19 @@ def _run(specs: list[SpeedModel], config: BenchConfig, threads: int, warmup: int
     # so that all of them compile, and fail the cell rather than silently falling back to eager.
     compiled = sum(c.runtime == "compile" for c in cells) * len(shapes)
     with torch._dynamo.config.patch(recompile_limit=max(8, compiled + 8), fail_on_recompile_limit_hit=True):
-        timed = _time_shapes(cells, shapes, config.repeats, warmup, config.max_seconds, bar)
+        timed = _time_shapes(cells, shapes, config.repeats, warmup, config.max_seconds, bar, device)
     bar.close()
-    peaks["torch"].append(torch_gemm_peak(threads))  # again at the end: the peak is the best seen in the run
+    peaks["torch"].append(torch_gemm_peak(threads, device=device))  # again at the end: the best seen in the run
     if use_ort:
         peaks["onnxruntime"].append(ort_gemm_peak(threads))
-    records = _records(timed, threads, {k: max(v) for k, v in peaks.items() if v})
+    records = _records(timed, threads, {k: max(v) for k, v in peaks.items() if v}, device)
     for record in records:
         record["load_average"] = [load_start, _load()]
     return records
 
 
 def _time_shapes(cells: list[_Cell], shapes: list[tuple[int, int]], repeats: int, warmup: int,
-                 max_seconds: float | None, bar: Any) -> dict[tuple[int, int], list[_Cell]]:
+                 max_seconds: float | None, bar: Any, device: str = "cpu") -> dict[tuple[int, int], list[_Cell]]:
     """The interleaved timing loop (see the module doc): the timed cells of each shape."""
     timed = {}
     for batch_size, seq_len in shapes:
@@ -186,7 +201,7 @@ def _time_shapes(cells: list[_Cell], shapes: list[tuple[int, int]], repeats: int
                     continue
                 try:
                     if index not in calls:
-                        calls[index] = _call(cell, batch_size, seq_len)
+                        calls[index] = _call(cell, batch_size, seq_len, device)
                     with torch.inference_mode():
                         cell.last_ms = primed_ms(calls[index], cell.last_ms if round_ >= warmup else None)
                 except Exception as exc:  # a runtime failing on one model must not lose the others' figures
@@ -207,8 +222,11 @@ def _load() -> float | None:
         return None
 
 
-def _records(timed: dict[tuple[int, int], list[_Cell]], threads: int, peaks: dict[str, float]) -> list[dict[str, Any]]:
-    hardware, peak = hardware_id(), max(peaks.values())
+def _records(timed: dict[tuple[int, int], list[_Cell]], threads: int, peaks: dict[str, float],
+             device: str = "cpu") -> list[dict[str, Any]]:
+    """On the CPU every cell is held to the best GEMM peak of the run; on a GPU, PyTorch cells to the GPU's and
+    ONNX Runtime cells (still on the CPU) to the CPU's."""
+    hardware = hardware_id() + (f" | {torch.cuda.get_device_name()}" if device == "cuda" else "")
     records = []
     for (batch_size, seq_len), cells in timed.items():
         medians = {(c.model.label, c.runtime): statistics.median(c.times) for c in cells if c.times}
@@ -216,13 +234,15 @@ def _records(timed: dict[tuple[int, int], list[_Cell]], threads: int, peaks: dic
         first_cost = first.family.cost(first.arch, batch_size, seq_len)
         for cell in cells:
             cost = cell.model.family.cost(cell.model.arch, batch_size, seq_len)
+            peak = max(peaks.values()) if device == "cpu" else peaks["onnxruntime" if cell.runtime.startswith(
+                "onnx") else "torch"]
             record: dict[str, Any] = {
                 "model": cell.model.label, "source": cell.model.source, "runtime": cell.runtime,
                 "batch_size": batch_size, "seq_len": seq_len,
                 "arch": dict(zip(cell.model.family.param_names, cell.model.arch, strict=True)),
                 "params": cost.params, "effective_params": cost.effective_params, "ops": cost.ops,
                 "params_ratio": cost.params / first_cost.params, "ops_ratio": cost.ops / first_cost.ops,
-                "threads": threads, "hardware": hardware, "peak_gflops": round(peak, 1),
+                "threads": threads, "device": device, "hardware": hardware, "peak_gflops": round(peak, 1),
                 "gemm_peak_gflops": {k: round(v, 1) for k, v in peaks.items()}, "runs": len(cell.times)}
             if cell.times:
                 median = medians[(cell.model.label, cell.runtime)]
@@ -252,7 +272,9 @@ def format_table(records: list[dict[str, Any]]) -> str:
     head = records[0]
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in head["gemm_peak_gflops"].items())
     lines = [f"hardware: {head['hardware']} | {head['threads']} threads",
-             f"measured fp32 GEMM peak (GFLOP/s): {peaks}; peak used: {head['peak_gflops']:.0f}",
+             f"measured fp32 GEMM peak (GFLOP/s): {peaks}; peak used: "
+             + (f"{head['peak_gflops']:.0f}" if head.get("device", "cpu") == "cpu"
+                else f"each runtime's own (PyTorch on {head['device']})"),
              f"speedup: vs {head['model']} in the same runtime; vs eager: vs {head['model']} in PyTorch eager"]
     if warning := busy_warning((head.get("load_average") or [None])[0], head["threads"]):
         lines.append(f"WARNING: when the run started, {warning}")
