@@ -335,7 +335,7 @@ def _student(ctx: Context, continuing: bool) -> dict[str, Any]:
             "teacher_dev": summary.get("teacher_dev") or summary.get("labeller_dev")}
 
 
-def _stage_step_seconds(ctx: Context, stage: str, train: Callable[[Path, int], Any]) -> float:
+def _stage_step_seconds(ctx: Context, stage: str, train: Callable[[Path, dict[str, Any]], Any]) -> float:
     """`_probe` of a stage's training on the chosen architecture, by process 0 once per architecture; plan.json
     keeps it, so a rerun trains the same steps."""
     key = f"{stage} {_arch_text(ctx)}"
