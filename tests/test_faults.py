@@ -446,3 +446,25 @@ def test_redirected_output_has_no_bars_no_load_reports_and_no_none(tmp_path, sha
         text = done.stdout + done.stderr
         assert "\r" not in text and "LOAD REPORT" not in text and "None" not in text, text[-2000:]
         assert argv[0] != "finetune" or "fine-tune STS-B seed 0: 100%" in text  # progress, as log lines
+
+
+def test_what_bort_wrote_is_told_by_its_sessions(tmp_path):
+    """The rule behind --overwrite: a file changed inside one of bort's sessions in a folder is bort's; one changed
+    between them is not; a session with no recorded end (a killed run) lasts until the next began; a marker from
+    before sessions were kept covers everything since it was made."""
+    from bort import io
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    files = {name: folder / name for name in ("during-1", "between", "during-2", "after-kill")}
+    for path in files.values():
+        path.write_text(path.name)
+    times = {"during-1": 150, "between": 250, "during-2": 350, "after-kill": 500}
+    for name, when in times.items():
+        os.utime(files[name], (when, when))
+    (folder / io.MARKER).write_text(json.dumps({"command": "finetune", "sessions": [[100, 200], [300, None]]}))
+    assert io._written_by_others(folder) == ["between"]
+    (folder / io.MARKER).write_text(json.dumps({"command": "finetune", "sessions": [[100, 200], [300, 400]]}))
+    assert io._written_by_others(folder) == ["after-kill", "between"]
+    (folder / io.MARKER).write_text(json.dumps({"command": "finetune", "created": "1970-01-01T00:03:20+00:00"}))
+    assert io._written_by_others(folder) == ["during-1"]  # made at 200: only what is older is someone else's
