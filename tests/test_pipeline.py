@@ -53,10 +53,7 @@ def test_every_stage_writes_what_a_user_deploys_and_reads(finished):
     assert html.count("data:image/png;base64,") == 3 and "<table>" in html and "Official dev split" in html
     assert "| accuracy |" in (finished / "report.md").read_text()
     plan = json.loads((finished / "plan.json").read_text())
-    minutes = plan["minutes"]  # the budget is split, whole, across the stages, unless the teacher's one step and
-    # the search's least steps need more than it: then pre-training and the student get nothing, never less
-    assert all(v >= 0 for v in minutes.values())
-    assert abs(sum(minutes.values()) - 0.1) < 1e-3 or minutes["pretrain"] == minutes["student"] == 0
+    assert_split_whole(plan["minutes"], 0.1)
     arch = ",".join(map(str, summary["architecture"].values()))  # each training stage timed its own steps once
     assert set(plan["probed_step_seconds"]) == {f"pretrain {arch}", f"student {arch}"}
     assert all(v > 0 for v in plan["probed_step_seconds"].values()) and plan["step_seconds"] > 0
@@ -90,11 +87,19 @@ def test_a_stage_rerun_after_an_interrupted_change_reruns_every_stage_after_it(f
                      "onnx": "starting", "report": "starting"}
 
 
+def assert_split_whole(minutes: dict[str, float], budget: float) -> None:
+    """The budget is split, whole, across the stages, unless the teacher's one step and the search's least steps need
+    more than it: then pre-training and the student get nothing, never less."""
+    assert all(v >= 0 for v in minutes.values())
+    assert abs(sum(minutes.values()) - budget) < 1e-3 or minutes["pretrain"] == minutes["student"] == 0
+
+
 def test_a_given_teacher_skips_its_stage_and_its_share(finished, tmp_path, shared_data, tiny_model, wiki_text):
     out = tmp_path / "given"
     assert main([*run_args(tiny_model, shared_data, wiki_text, out), "--teacher", str(finished / "teacher")]) == 0
     plan, summary = (json.loads((out / name).read_text()) for name in ("plan.json", "summary.json"))
-    assert "teacher" not in plan["minutes"] and abs(sum(plan["minutes"].values()) - 0.1) < 1e-3
+    assert "teacher" not in plan["minutes"]
+    assert_split_whole(plan["minutes"], 0.1)
     assert summary["teacher"] == {"folder": str(finished / "teacher"), "given": True} and not (out / "teacher").exists()
     card = (out / "student" / "README.md").read_text()
     assert "Speed, side by side" in card and "AutoModelForSequenceClassification" in card  # the run's figures
