@@ -87,6 +87,20 @@ def test_a_stage_rerun_after_an_interrupted_change_reruns_every_stage_after_it(f
                      "onnx": "starting", "report": "starting"}
 
 
+def test_the_report_shows_how_the_speed_target_was_checked(finished):
+    """With a measured target, the report lists the finalists timed side by side with the source (here the run
+    counted operations, so there is nothing to list, and the section is left out)."""
+    from bort import pipeline
+
+    summary = json.loads((finished / "summary.json").read_text())
+    assert summary["target_check"] == [] and "checked side by side" not in (finished / "report.md").read_text()
+    summary["target_check"] = [{"arch": [2, 12, 384, 768], "speedup": 4.0, "speedup_at_least": 3.86, "meets": False},
+                               {"arch": [2, 12, 384, 384], "speedup": 4.88, "speedup_at_least": 4.82, "meets": True}]
+    text = pipeline._markdown(pipeline._blocks(summary))
+    assert "| ⟨2, 12, 384, 768⟩ | 4.00x | 3.86x | no |" in text
+    assert "| ⟨2, 12, 384, 384⟩ | 4.88x | 4.82x | yes |" in text
+
+
 def assert_split_whole(minutes: dict[str, float], budget: float) -> None:
     """The budget is split, whole, across the stages, unless the teacher's one step and the search's least steps need
     more than it: then pre-training and the student get nothing, never less."""

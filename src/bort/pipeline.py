@@ -278,7 +278,8 @@ def _extract(ctx: Context, continuing: bool) -> dict[str, Any]:
         log.warning(f"no finalist of the search met {found.summary['target']}: the student is the W-optimum "
                     f"{found.summary['chosen']['arch']}; the report says so")
     return {"chosen": found.summary["chosen"], "w_optimum": found.summary["w_optimum"],
-            "target_met": found.summary["target_met"], "folder": str(folder / "chosen")}
+            "target_met": found.summary["target_met"], "folder": str(folder / "chosen"),
+            "side_by_side": found.summary.get("side_by_side", [])}
 
 
 def _extract_config(config: PipelineConfig, source: str, **run: Any) -> ExtractConfig:
@@ -403,6 +404,7 @@ def _report(ctx: Context, continuing: bool) -> dict[str, Any]:
     records = io.read_json(out / "stages.json")
     summary = {"task": config.task, "source": ctx.source, "target": _targets(config).describe(),
                "target_met": results["extract"]["target_met"], "teacher": results["teacher"],
+               "target_check": results["extract"].get("side_by_side", []),
                "architecture": results["extract"]["chosen"]["arch"],
                "w_optimum": results["extract"]["w_optimum"]["arch"], "pretrain": {
                    k: results["pretrain"][k] for k in ("steps", "eval")},
@@ -457,6 +459,12 @@ def _blocks(s: dict[str, Any]) -> list[tuple]:
         ("table", ("runtime", "teacher ms", "student ms", "student vs teacher"),
          [(rt, f"{ms['teacher/' + rt]:.2f}", f"{ms['student/' + rt]:.2f}", f"{v:.1f}x") for rt, v in speed.items()]),
         ("p", f"Parameters: teacher {params['teacher'] / 1e6:.1f}M, student {params['student'] / 1e6:.1f}M."),
+        *((("h2", "The speed target, checked side by side with the source"),
+           ("p", "The search's finalists that met the target by its own timings, most accurate first, each timed "
+                 "in alternation with the source until one met it with 95% confidence (random weights, PyTorch)."),
+           ("table", ("finalist", "speed-up, median", "at least (95%)", "meets the target"),
+            [(arch(dict(enumerate(r["arch"]))), f"{r['speedup']:.2f}x", f"{r['speedup_at_least']:.2f}x",
+              "yes" if r["meets"] else "no") for r in s["target_check"]])) if s.get("target_check") else ()),
         *(("img", name) for name in IMAGES),
         ("h2", f"Time per stage (budget {s['budget_minutes']:g} min)"),
         ("table", ("stage", "planned minutes", "minutes"),
