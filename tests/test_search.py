@@ -210,11 +210,15 @@ def test_a_measured_target_is_confirmed_side_by_side_with_the_source(tmp_path, m
     chosen = json.loads((tmp_path / "result.json").read_text())["chosen"]["arch"]
     assert tuple(chosen.values()) == feasible[1].arch
 
+    # a resumed run keeps its timings (side_by_side.jsonl), so its choice stays what it was
     monkeypatch.setattr(extraction, "side_by_side", lambda fam, archs, *shape: [[5.0] * 3, [9.0, 11.0, 10.5]])
+    again = extract(family="mlp", epsilon=0.5, theta="lr=3e-3", speed="measured", max_latency_ms=10.0,
+                    output=str(tmp_path), progress=False, resume=True)
+    assert again.constrained.arch == feasible[1].arch and again.summary["side_by_side"] == records
     missed = extract(family="mlp", epsilon=0.5, theta="lr=3e-3", speed="measured", max_latency_ms=10.0,
-                     output=str(tmp_path), progress=False, resume=True)
+                     output=str(tmp_path), progress=False, overwrite=True)
     assert missed.constrained is None and not missed.summary["target_met"]
-    assert len(missed.summary["side_by_side"]) == len(feasible)
+    assert len(missed.summary["side_by_side"]) == len(missed.search.feasible)
 
 
 def test_a_diverging_or_nan_arm_gets_zero_w_and_the_search_goes_on(tmp_path):
