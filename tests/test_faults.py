@@ -275,6 +275,32 @@ def test_outputs_are_checked_before_the_work(tmp_path, capsys):
         assert time.perf_counter() - started < 5  # refused before timing BERT-base, not after
 
 
+def test_a_file_named_for_the_report_is_never_replaced_unasked(tmp_path, capsys):
+    existing = tmp_path / "notes.json"
+    existing.write_text("the user's notes")
+    for argv in (["cost", "--arch", "1,2,32,64", "--json", str(existing)],
+                 ["bench", "--models", "bert-base", "--json", str(existing)],
+                 ["bench", "--models", "bert-base", "--plot", str(tmp_path / "notes.png")]):
+        (tmp_path / "notes.png").write_text("the user's plot")
+        assert "pass --overwrite to replace it" in one_line(capsys, *argv)
+    assert existing.read_text() == "the user's notes" and (tmp_path / "notes.png").read_text() == "the user's plot"
+    code, _ = run(capsys, "cost", "--arch", "1,2,32,64", "--json", str(existing), "--overwrite")  # the fix works
+    assert code == 0 and json.loads(existing.read_text())["params"] > 0
+
+
+def test_a_bench_label_cannot_reach_outside_its_scratch_folder(tmp_path, capsys, monkeypatch, tiny_model):
+    import tempfile
+
+    scratch_parent = tmp_path / "tmp"
+    scratch_parent.mkdir()
+    (scratch_parent / "keep.txt").write_text("not bort's")
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_parent))  # where `bort bench` makes its scratch folder
+    code, text = run(capsys, "bench", "--models", f"..={tiny_model}", "--runtime", "onnx", "--repeats", "1",
+                     "--seq-len", "8")
+    assert code == 0, text
+    assert (scratch_parent / "keep.txt").read_text() == "not bort's"
+
+
 def test_binary_corpus_files_are_refused_or_skipped(tmp_path, capsys, tiny_model, wiki_text):
     folder = tmp_path / "corpus"
     folder.mkdir()

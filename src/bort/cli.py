@@ -13,7 +13,6 @@ import sys
 import types
 import typing
 from dataclasses import MISSING, fields
-from pathlib import Path
 from typing import Any
 
 import bort
@@ -212,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = options(args)
         if getattr(args, "json", None) not in (None, "-"):
-            io.check_writable(Path(args.json).expanduser().resolve().parent)  # before the work, not after it
+            io.check_new_file(args.json, "--json", getattr(settings, "overwrite", False))  # before the work
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # bort's own bars say what is going on

@@ -319,6 +319,7 @@ class CostConfig(Options):
     seq_len: int = option(128, "sequence length of the operation count", minimum=1)
     measure: bool = option(False, "also measure the median latency on this machine")
     repeats: int = option(10, "timed runs", minimum=1)
+    overwrite: bool = option(False, "replace an existing --json file", identity=False)
 
 
 @dataclass(kw_only=True)
@@ -337,6 +338,7 @@ class BenchConfig(Options):
     plot: str | None = option(None, "write a latency plot (png, pdf, svg)", metavar="FILE")
     device: str = option("cpu", "where the PyTorch runtimes (torch, compile) run; ONNX Runtime stays on the CPU",
                          choices=("cpu", "cuda"))
+    overwrite: bool = option(False, "replace an existing --json or --plot file", identity=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()

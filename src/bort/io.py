@@ -370,6 +370,16 @@ def check_writable(folder: Path) -> None:
         raise BortError(f"cannot write to {folder}: {exc.strerror or exc}; choose another --output") from None
 
 
+def check_new_file(path: str | os.PathLike, flag: str, overwrite: bool = False) -> None:
+    """An output file named by the user (`--json FILE`, `--plot FILE`), checked before any work: its folder must be
+    writable, and a file already there is kept unless `overwrite`, as bort cannot tell whether it wrote it."""
+    path = Path(path).expanduser()
+    if path.exists() and not overwrite:
+        raise BortError(f"{flag} {path} exists; bort does not replace a file it may not have written: name another "
+                        "file, or pass --overwrite to replace it")
+    check_writable(path.resolve().parent)
+
+
 def run_command(folder: str | os.PathLike) -> str | None:
     """The bort command whose run folder `folder` is (from its marker), or None."""
     marker = Path(folder).expanduser() / MARKER

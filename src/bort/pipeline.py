@@ -396,7 +396,7 @@ def _report(ctx: Context, continuing: bool) -> dict[str, Any]:
     tick, runtimes = time.perf_counter(), ["torch", "onnx", "onnx-int8"]
     timed = bench(make(BenchConfig, models=[f"teacher={results['teacher']['folder']}",
                                             f"student={results['student']['folder']}"], runtimes=runtimes, repeats=20,
-                       plot=str(out / "speed.png")), progress=config.progress).records
+                       plot=str(out / "speed.png"), overwrite=True), progress=config.progress).records
     ms = {(r["model"], r["runtime"]): r["median_ms"] for r in timed}
     speedups = {rt: ms[("teacher", rt)] / ms[("student", rt)] for rt in runtimes
                 if ms.get(("teacher", rt)) and ms.get(("student", rt))}

@@ -130,8 +130,9 @@ def bench(config: BenchConfig, json_path: str | os.PathLike | None = None, progr
         from bort.speed.export import require_onnx
 
         require_onnx()
-    for path in filter(None, (json_path, config.plot)):
-        io.check_writable(Path(path).expanduser().resolve().parent)
+    for flag, path in (("--json", json_path), ("--plot", config.plot)):
+        if path:
+            io.check_new_file(path, flag, config.overwrite)
     warmup = max(config.warmup_runs, 1) if "compile" in config.runtimes else config.warmup_runs
     specs = [resolve(m) for m in config.models]
     labels = [s.label for s in specs]

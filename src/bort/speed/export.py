@@ -16,7 +16,7 @@ import contextlib
 import io as text_io
 import logging
 import os
-import shutil
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -328,10 +328,10 @@ def _size(path: Path) -> int:
 
 def cached_export(model: SpeedModel, cache_dir: Path, int8: bool = False, fuse: bool = True) -> Path:
     """The fp32 (or int8) ONNX file of `model` in `cache_dir`, exported once per run for benchmarking."""
-    folder = cache_dir / (model.label.replace("/", "_") + ("" if fuse else "-unfused"))
+    # a prefixed, sanitised name: no label ('..', 'a/b') can reach outside `cache_dir`; labels are unique per run
+    folder = cache_dir / ("onnx-" + re.sub(r"[^\w.-]", "_", model.label) + ("" if fuse else "-unfused"))
     fp32 = folder / "model.onnx"
-    if not fp32.exists():
-        shutil.rmtree(folder, ignore_errors=True)
+    if not fp32.exists():  # a failed earlier export of this model left at most files that this one rewrites
         export_module(model.build(), model, fp32, fuse=fuse)
     if not int8:
         return fp32
