@@ -271,18 +271,50 @@ def strict_json(data: Any) -> Any:
     return str(data)
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write beside, fsync, rename: readers see the old file or the whole new one."""
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary name beside `path` to write to (same suffix, for writers that go by it); fsynced and renamed over
+    `path` when the block ends, removed when it fails: readers see the old file or the whole new one. Every file
+    bort writes goes through here."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     with writing(path, cleanup=tmp):
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        descriptor = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.replace(tmp, path)
-    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with replacing(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def new_figure(*rows_columns: int, **options: Any) -> tuple[Any, Any]:
+    """`plt.subplots` on matplotlib's file-only backend (no display needed); write it with `save_figure`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*rows_columns, **options)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """A matplotlib figure written like every other file (see `replacing`), then closed."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
@@ -589,7 +621,7 @@ def save_model(folder: Path, *parts: Any) -> None:
     file renamed into place: a crash or a full disk leaves the old files or the new ones, never half a weights file
     (the run's last checkpoint still holds the weights, so rerunning with --resume saves them again)."""
     tmp = folder / f".tmp-save-{os.getpid()}"
-    with writing(folder / "model.safetensors", cleanup=tmp), quiet_transformers():
+    with writing(tmp, cleanup=tmp), quiet_transformers():  # an error names `folder`, where the space ran out
         for stale in folder.glob(".tmp-save-*"):  # left by a killed save: a whole copy of the weights
             shutil.rmtree(stale, ignore_errors=True)
         for part in parts:
@@ -602,10 +634,8 @@ def save_model(folder: Path, *parts: Any) -> None:
 def copy_model(source: Path, destination: Path) -> None:
     """Copy the files `from_pretrained` reads (config, weights, tokenizer, card), each renamed into place."""
     for file in (f for pattern in MODEL_FILES for f in source.glob(pattern)):
-        target, tmp = destination / file.name, destination / f".{file.name}.tmp{os.getpid()}"
-        with writing(target, cleanup=tmp):
+        with replacing(destination / file.name) as tmp:
             shutil.copyfile(file, tmp)
-            os.replace(tmp, target)
 
 
 # -- model cards and tables ---------------------------------------------------------------------------------

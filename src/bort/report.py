@@ -36,12 +36,7 @@ def write_candidates_csv(path: Path, candidates: Sequence[Candidate], names: Seq
 def plot_pareto(path: Path, candidates: Sequence[Candidate], chosen: Candidate, constrained: Candidate | None,
                 measured: bool) -> None:
     """Surrogate error against size and against speed; the front joined, the choice marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = bort_io.new_figure(1, 2, figsize=(11, 4.2), sharey=True)
     speed_axis = ("latency_ms", "latency (ms)", 1) if measured else ("ops", "GFLOPs / forward", 1e9)
     for ax, (attr, label, scale) in zip(axes, [("params", "parameters (M)", 1e6), speed_axis], strict=True):
         ax.scatter([getattr(c, attr) / scale for c in candidates], [c.error for c in candidates], s=18,
@@ -58,19 +53,13 @@ def plot_pareto(path: Path, candidates: Sequence[Candidate], chosen: Candidate, 
     axes[0].legend(fontsize=8)
     fig.suptitle("bort extract: candidates, Pareto front over (params, speed, ê) and the choice")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    bort_io.save_figure(fig, path)
 
 
 def plot_curve(metrics: Path, path: Path) -> None:
     """The held-out loss terms of a training run (its metrics.jsonl eval records) against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     evals = [r for r in bort_io.read_jsonl(metrics) if r.get("kind") == "eval"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = bort_io.new_figure(figsize=(6, 3.5))
     scores = {"kind", "step", "accuracy", "agreement", "teacher_accuracy", "cosine"}  # not losses: another scale
     for key in sorted({k for r in evals for k in r} - scores):
         points = [(r["step"], r[key]) for r in evals if isinstance(r.get(key), int | float)]
@@ -82,8 +71,7 @@ def plot_curve(metrics: Path, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    bort_io.save_figure(fig, path)
 
 
 def human(n: float) -> str:

@@ -296,7 +296,7 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
         best, winner = state["best"], configs[state["best"]["set"]]
         finals[seed] = sdir / "final"
         if io.is_main() and not (finals[seed] / "metrics.json").is_file():
-            shutil.copytree(best["folder"], finals[seed], dirs_exist_ok=True)
+            io.copy_model(Path(best["folder"]), finals[seed])
         io.barrier()
         net = ft.load_task_model(finals[seed], spec) if io.is_main() else None
         n_generated = sum(s["generated"] for s in state["rounds"][:best["round"]])

@@ -179,20 +179,15 @@ def cached_sequences(paths: Iterable[str | os.PathLike] | None, tokenizer, seq_l
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BortError(f"cannot create the token cache {root}: {exc.strerror}; set BORT_CACHE") from None
-        tmp, rows = root / f"{key}.bin.tmp{os.getpid()}", 0
-        try:
-            with open(tmp, "wb") as out:
-                packed = itertools.islice(iter_packed_rows(read_documents(paths), tokenizer, seq_len), max_sequences)
-                while chunk := list(itertools.islice(packed, 1024)):
-                    out.write(np.asarray(chunk, dtype=np.int32).tobytes())
-                    rows += len(chunk)
+        rows = 0
+        with io.replacing(data) as tmp, open(tmp, "wb") as out:  # a corpus failing midway leaves no partial file
+            packed = itertools.islice(iter_packed_rows(read_documents(paths), tokenizer, seq_len), max_sequences)
+            while chunk := list(itertools.islice(packed, 1024)):
+                out.write(np.asarray(chunk, dtype=np.int32).tobytes())
+                rows += len(chunk)
             if rows == 0:
                 raise BortError(f"the corpus is empty or shorter than one sequence of {seq_len} tokens; pass more text "
                                 "with --corpus")
-        except BaseException:  # a corpus that fails midway (or gives nothing) leaves no partial file behind
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, data)
         io.write_json(meta, {"rows": rows, "seq_len": seq_len, "paths": [str(p) for p in paths]})
     return np.memmap(data, dtype=np.int32, mode="r", shape=(io.read_json(meta)["rows"], seq_len))
 

@@ -75,7 +75,7 @@ class BertFamily:
         return AutoModel.from_config(self.config(arch))
 
     def save(self, arch: Arch, folder: Path) -> None:
-        self.config(arch).save_pretrained(folder)
+        io.save_model(folder, self.config(arch))
 
     def fingerprint(self) -> dict[str, Any]:
         keep = ("model_type", "vocab_size", "max_position_embeddings", "type_vocab_size", *ARCH_KEYS, "hidden_act")

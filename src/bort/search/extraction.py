@@ -292,8 +292,6 @@ def write_outputs(out: Path, fam: Family, result: SearchResult, summary: dict[st
     plot_pareto(out / "pareto.png", result.candidates, result.chosen, result.constrained,
                 summary["settings"]["speed"] == "measured")
     chosen = out / "chosen"
-    with io.writing(chosen / "config.json"):
-        chosen.mkdir(parents=True, exist_ok=True)
-        fam.save((result.constrained or result.chosen).arch, chosen)
-        if teacher_name is not None:
-            io.load_tokenizer(teacher_name).save_pretrained(chosen)
+    fam.save((result.constrained or result.chosen).arch, chosen)
+    if teacher_name is not None:
+        io.save_model(chosen, io.load_tokenizer(teacher_name))

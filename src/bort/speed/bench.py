@@ -299,15 +299,10 @@ def format_table(records: list[dict[str, Any]]) -> str:
 
 def plot(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Median latency per model, one bar per runtime, one panel per shape (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     shapes = sorted({(r["batch_size"], r["seq_len"]) for r in records})
     models = list(dict.fromkeys(r["model"] for r in records))
     runtimes = list(dict.fromkeys(r["runtime"] for r in records))
-    fig, axes = plt.subplots(1, len(shapes), figsize=(4.5 * len(shapes), 4), squeeze=False)
+    fig, axes = io.new_figure(1, len(shapes), figsize=(4.5 * len(shapes), 4), squeeze=False)
     width = 0.8 / len(runtimes)
     for ax, (b, s) in zip(axes[0], shapes, strict=True):
         for j, runtime in enumerate(runtimes):
@@ -320,8 +315,4 @@ def plot(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
         ax.set_ylabel("median latency (ms)")
     axes[0][0].legend()
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return io.save_figure(fig, path, dpi=120)

@@ -204,7 +204,7 @@ def _save_tokenizer(model: SpeedModel, output: Path) -> str | None:
     source = model.tokenizer_source()
     with contextlib.suppress(BortError):
         if source is not None:
-            io.load_tokenizer(source).save_pretrained(str(output))
+            io.save_model(output, io.load_tokenizer(source))
             return source
     return None
 
@@ -310,7 +310,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
         report["files"]["onnx_int8"] = str(int8)
         sessions["onnx_int8"] = ort_session(int8, config.threads)
         report["check_int8"] = compare(module, sessions["onnx_int8"], spec)
-    spec.config.save_pretrained(str(out))
+    io.save_model(out, spec.config)
     report["tokenizer"] = _save_tokenizer(spec, out)
     if config.dev_file is not None:
         if report["tokenizer"] is None:
