@@ -144,8 +144,14 @@ def default_source() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
+def reason(exc: BaseException, limit: int = 160) -> str:
+    """What went wrong, for a one-line error: the first line of the exception's message (or its type's name)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 def _cannot_load(what: str, source: str, exc: BaseException) -> BortError:
-    text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    text = reason(exc)
     unreachable = not Path(source).expanduser().exists() and (os.environ.get("HF_HUB_OFFLINE") == "1" or any(
         w in str(exc).lower() for w in ("offline", "connect", "resolve")))
     hint = " (the Hugging Face hub is unreachable from here)" if unreachable else ""
@@ -183,6 +189,16 @@ def load_tokenizer(source: str | os.PathLike | None):
         raise _cannot_load("a tokenizer", name, exc) from None
 
 
+def has_mlm_head(config: Any) -> bool:
+    """Whether a checkpoint with `config` carries a masked-LM head (what `load_model(..., "masked-lm")` loads)."""
+    return any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in (config.architectures or []))
+
+
+def cache_root() -> Path:
+    """bort's cache of tokenised corpora and latencies: $BORT_CACHE, default ~/.cache/bort."""
+    return Path(os.environ.get("BORT_CACHE", Path.home() / ".cache" / "bort"))
+
+
 def check_weights(source: str | os.PathLike) -> None:
     """Refuse, in one line, a local model folder whose safetensors files are truncated or empty: reading their headers
     is cheap, and the loader's own error says nothing a user can act on."""
@@ -194,8 +210,8 @@ def check_weights(source: str | os.PathLike) -> None:
             with safe_open(str(file), "pt") as weights:
                 weights.keys()
         except Exception as exc:  # SafetensorError, OSError: the file is not a whole safetensors file
-            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-            raise BortError(f"{file} is damaged or incomplete ({reason}); save or download the model again") from None
+            raise BortError(f"{file} is damaged or incomplete ({reason(exc, 120)}); save or download the model "
+                            "again") from None
 
 
 @contextlib.contextmanager
@@ -355,8 +371,7 @@ def read_yaml(path: str | os.PathLike, what: str) -> Any:
     try:
         return yaml.safe_load(Path(path).read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise BortError(f"{what} {path} cannot be read as YAML/JSON ({reason}); fix the file") from None
+        raise BortError(f"{what} {path} cannot be read as YAML/JSON ({reason(exc, 120)}); fix the file") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

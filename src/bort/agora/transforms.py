@@ -150,7 +150,7 @@ def make_transform(name: str, encoder: torch.nn.Module, tokenizer: Any, fraction
             raise BortError("transform 'infill' needs a masked-LM: pass --infill-model DIR (for example a "
                             "`bort pretrain` output, which keeps its MLM head)")
         config = io.load_config(infill_model)
-        if not any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in (config.architectures or [])):
+        if not io.has_mlm_head(config):
             raise BortError(f"--infill-model {infill_model} has no masked-LM head; pass an ...ForMaskedLM model")
         mlm = io.load_model(infill_model, "masked-lm", config)
         return MaskedInfilling(mlm, io.load_tokenizer(infill_model), fraction, max(k, 2))

@@ -86,8 +86,7 @@ def dataset_documents(spec: str) -> Iterator[str]:
         rows = iter(datasets.load_dataset(name, config or None, split="train", streaming=True))
         first = next(rows, None)
     except Exception as exc:  # datasets raises many types (network, unknown name, bad config)
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise BortError(f"cannot load corpus {spec}: {reason}; check the name and config (the hub needs "
+        raise BortError(f"cannot load corpus {spec}: {io.reason(exc, 200)}; check the name and config (the hub needs "
                         "the network unless NAME is a local folder)") from None
     if first is None:
         return
@@ -171,7 +170,7 @@ def cached_sequences(paths: Iterable[str | os.PathLike] | None, tokenizer, seq_l
     file is written under a temporary name and renamed when complete, so an interrupted run never leaves a cache that
     looks whole. Returns a numpy memmap (index it, then `torch.from_numpy(...)`)."""
     paths = list(paths or [])
-    root = Path(cache_dir or Path(os.environ.get("BORT_CACHE", Path.home() / ".cache" / "bort")) / "tokens")
+    root = Path(cache_dir or io.cache_root() / "tokens")
     key = _cache_key(paths, tokenizer, seq_len, max_sequences)
     data, meta = root / f"{key}.bin", root / f"{key}.json"
     if not meta.is_file():

@@ -27,8 +27,6 @@ from bort import io
 from bort.config import DistillConfig
 from bort.errors import BortError
 
-MLM_ARCHITECTURE_SUFFIXES = ("ForMaskedLM", "ForPreTraining")
-
 
 @dataclass
 class Teacher:
@@ -49,9 +47,9 @@ def load_teacher(source: str | None = None) -> Teacher:
         raise BortError(f"preset '{name}' is a config without weights and cannot teach; pass --teacher with a "
                         "pretrained model folder (the default is the embedded MiniLM)")
     config = io.load_config(name)
-    has_mlm_head = any(a.endswith(MLM_ARCHITECTURE_SUFFIXES) for a in (config.architectures or []))
-    model = io.load_model(name, "masked-lm" if has_mlm_head else "base", config=config).requires_grad_(False)
-    return Teacher(model=model, tokenizer=io.load_tokenizer(name), has_mlm_head=has_mlm_head, name=name)
+    mlm = io.has_mlm_head(config)
+    model = io.load_model(name, "masked-lm" if mlm else "base", config=config).requires_grad_(False)
+    return Teacher(model=model, tokenizer=io.load_tokenizer(name), has_mlm_head=mlm, name=name)
 
 
 def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

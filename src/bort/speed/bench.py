@@ -206,7 +206,7 @@ def _time_shapes(cells: list[_Cell], shapes: list[tuple[int, int]], repeats: int
                     with torch.inference_mode():
                         cell.last_ms = primed_ms(calls[index], cell.last_ms if round_ >= warmup else None)
                 except Exception as exc:  # a runtime failing on one model must not lose the others' figures
-                    cell.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"
+                    cell.error = f"{type(exc).__name__}: {io.reason(exc)}"
                     continue
                 if round_ >= warmup:
                     cell.times.append(cell.last_ms)

@@ -122,9 +122,9 @@ def export_module(module: torch.nn.Module, model: SpeedModel, path: Path, opset:
                               dynamic_shapes={n: {0: batch, 1: sequence} for n in names},
                               external_data=size > EXTERNAL_DATA_BYTES, verbose=False)
     except Exception as exc:  # the exporters raise many types; one line is what the user can act on
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         hint = "; try fuse=False (bort export --no-fuse)" if fusable else ""
-        raise BortError(f"ONNX export of '{model.label}' failed ({type(exc).__name__}: {first[:200]}){hint}") from exc
+        raise BortError(f"ONNX export of '{model.label}' failed ({type(exc).__name__}: {io.reason(exc, 200)}){hint}"
+                        ) from exc
     return {}
 
 

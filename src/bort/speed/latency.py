@@ -166,8 +166,7 @@ class LatencyCache:
     quiet machine are kept."""
 
     def __init__(self, path: str | os.PathLike | None = None):
-        root = Path(os.environ.get("BORT_CACHE", Path.home() / ".cache" / "bort"))
-        self.path = Path(path) if path else root / "latency.json"
+        self.path = Path(path) if path else io.cache_root() / "latency.json"
         try:
             self.entries: dict[str, float] = json.loads(self.path.read_text())
         except (OSError, ValueError):
