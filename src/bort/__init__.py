@@ -4,6 +4,9 @@ The public API, one function per step (cost, extract, pretrain, finetune, agora,
 of them. It is imported on first use, so `import bort` (and `bort --help`) does not pay for torch and transformers.
 """
 
+import sys
+import types
+
 from bort.errors import BortError
 
 __version__ = "0.1.0"
@@ -18,3 +21,22 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'bort' has no attribute '{name}'")
+
+
+class _Package(types.ModuleType):
+    """`bort.agora` stays the API function once the `bort.agora` package is imported: the import system binds a
+    subpackage to its parent's attribute, and this property takes that binding (the package itself is reached
+    by its module path, `bort.agora.rounds`, as always)."""
+
+    @property
+    def agora(self):
+        from bort.api import agora
+
+        return agora
+
+    @agora.setter
+    def agora(self, package: types.ModuleType) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package

@@ -135,7 +135,7 @@ def run_pretrain(settings: cfg.PretrainConfig, args: argparse.Namespace) -> None
 
 
 def run_finetune(settings: cfg.AgoraConfig, args: argparse.Namespace) -> None:
-    from bort.api import agora, finetune  # not bort.agora: that name is also the bort.agora package
+    from bort.api import agora, finetune
     from bort.tasks.finetune import format_score
 
     if args.agora:
