@@ -167,6 +167,28 @@ def test_bad_input_leaves_no_run_folder_behind(tmp_path, capsys, shared_data, ti
     assert not out.exists()
 
 
+def test_hidden_state_distillation_from_a_teacher_with_another_vocabulary_is_one_line(tmp_path, capsys,
+                                                                                       shared_data, tiny_model):
+    """Its states are matched token by token: a teacher that reads other ids is refused before any work, and the
+    fix the line names (--hidden-weight 0) runs."""
+    from bort.io import load_tokenizer
+
+    teacher = tmp_path / "teacher"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    model.config.architectures = ["BertForSequenceClassification"]
+    model.save_pretrained(teacher)
+    tokenizer = load_tokenizer(tiny_model)
+    tokenizer.add_tokens(["bortword"])
+    tokenizer.save_pretrained(teacher)
+    capsys.readouterr()
+    out = tmp_path / "run"
+    args = [*finetune_args(tiny_model, shared_data, out, "--teacher", str(teacher)), "--max-steps", "2"]
+    args[args.index("stsb")] = "rte"
+    text = one_line(capsys, *args, "--hidden-weight", "1")
+    assert "share the student's vocabulary" in text and "--hidden-weight 0" in text and not out.exists()
+    assert main([*args, "--hidden-weight", "0"]) == 0
+
+
 def test_config_files_are_typed_like_flags(tmp_path, capsys):
     from bort.cli import options, parser
 

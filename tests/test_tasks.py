@@ -198,6 +198,50 @@ def test_distillation_loss_matches_hand_computed_values():
     assert scores["loss"].item() == pytest.approx(alpha * mse_gold + (1 - alpha) * mse_teacher)
 
 
+def test_hidden_state_term_matches_hand_computed_values():
+    from bort.engine.task import TaskObjective, layer_pairs
+
+    assert layer_pairs(2, 6) == [(0, 0), (1, 3), (2, 6)] and layer_pairs(4, 12) == [(0, 0), (1, 3), (2, 6), (3, 9),
+                                                                                   (4, 12)]
+
+    class Fixed(torch.nn.Module):  # given logits and hidden states (1 layer, 2 rows x 2 tokens x width 1)
+        def __init__(self, states, layers):
+            super().__init__()
+            self.config = type("Config", (), {"num_hidden_layers": layers, "hidden_size": 1})()
+            self.states = [torch.nn.Parameter(torch.tensor(h)) for h in states]
+            self.logits = torch.nn.Parameter(torch.zeros(2, 2))
+
+        def forward(self, output_hidden_states=False, **_):
+            return type("Out", (), {"logits": self.logits, "hidden_states": tuple(self.states)})()
+
+    student = Fixed([[[[1.0], [5.0]], [[2.0], [9.0]]], [[[0.0], [7.0]], [[1.0], [8.0]]]], layers=1)
+    teacher = Fixed([[[[2.0], [0.0]], [[4.0], [0.0]]], [[[9.0], [0.0]], [[9.0], [0.0]]],
+                     [[[3.0], [0.0]], [[1.0], [0.0]]]], layers=2)
+    batch = {"labels": torch.tensor([0, 1]), "teacher": torch.zeros(2, 2),
+             "attention_mask": torch.tensor([[1, 0], [1, 0]])}  # the second token of each row is padding
+    objective = TaskObjective(student, regression=False, alpha=0.5, teacher=teacher, hidden_weight=0.5)
+    terms = objective(batch, objective.targets(batch))
+    # layer 0 against 0: student (1, 2), teacher (2, 4): error 1 + 4 over the teacher's variance 1 + 1 -> 2.5;
+    # student layer 1 against teacher layer 2: (0, 1) against (3, 1): 9 over 1 + 1 -> 4.5; the mean is 3.5
+    assert terms["hidden"].item() == pytest.approx(3.5)
+    assert terms["loss"].item() == pytest.approx(0.5 * terms["gold"].item() + 0.5 * terms["kd"].item() + 0.5 * 3.5)
+    assert TaskObjective(student, regression=False, teacher=teacher).teacher is None  # no weight, no teacher pass
+
+
+def test_hidden_state_distillation_trains_classifiers_and_multiple_choice(tmp_path, shared_data, tiny_model, capsys):
+    from bort.cli import main
+
+    common = ["--data-dir", str(shared_data), "--max-steps", "2", "--batch-size", "4", "--max-seq-len", "32",
+              "--max-train-samples", "16", "--no-latency", "--quiet", "--model", str(tiny_model)]
+    for task in ("rte", "copa"):
+        out = tmp_path / task
+        assert main(["finetune", "--task", task, *common, "--output", str(out), "--teacher-from", str(tiny_model),
+                     "--hidden-weight", "1"]) == 0
+        log = [json.loads(line) for line in (out / "distilled" / "seed-0" / "metrics.jsonl").open()]
+        assert all(r["hidden"] > 0 for r in log if r["kind"] == "train")
+        assert json.loads((out / "metrics.json").read_text())["hidden_weight"] == 1
+
+
 def test_finetune_with_a_teacher_distils_from_its_outputs(tmp_path, shared_data, tiny_model, capsys):
     from bort.cli import main
 

@@ -260,6 +260,9 @@ class FinetuneConfig(TrainConfig):
                           maximum=1, group="task distillation")
     temperature: float = option(2.0, "softmax temperature of the teacher's and the student's logits", above=0,
                                 group="task distillation")
+    hidden_weight: float = option(0.0, "weight of a hidden-state term (TinyBERT): the embeddings and each student "
+                                       "layer against the teacher's layer at the same relative depth, on every "
+                                       "token; 0: logits only", minimum=0, group="task distillation")
 
     def __post_init__(self) -> None:
         super().__post_init__()

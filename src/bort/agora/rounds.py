@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from bort import io
 from bort.agora.transforms import Similarity, load_encoder, make_transform
@@ -110,7 +111,8 @@ class AgoraRun:
     def __init__(self, source: str, task: Task, train_part: list[Example], dev: list[Example],
                  held_out: list[Example], configs: list[FinetuneConfig], folder: Path, labeller: TaskTeacher,
                  transform, similarity: Similarity, tokenizer: Any, rounds: int, samples_per_mistake: int,
-                 band: tuple[float, float], prune: float, max_mistakes: int | None, soft: np.ndarray | None = None):
+                 band: tuple[float, float], prune: float, max_mistakes: int | None, soft: np.ndarray | None = None,
+                 hidden_teacher: torch.nn.Module | None = None):
         self.__dict__.update(locals())
         del self.__dict__["self"]
         labels = [e.label for e in train_part]
@@ -145,7 +147,7 @@ class AgoraRun:
             kdir = rdir / f"set-{k}"
             # Agora's folders belong to the run, so an interrupted set always resumes from its checkpoint
             net, steps[k] = ft.train(self.source, self.task, grown, self.configs[k], kdir, True, self.tokenizer,
-                                     soft=soft)
+                                     soft=soft, teacher=self.hidden_teacher)
             score_path = kdir / "agora_dev.json"
             if score_path.is_file():
                 saved = io.read_json(score_path)
@@ -259,6 +261,8 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
     if config.infill_model:
         io.check_weights(config.infill_model)
     tokenizer, encoder = ft.task_tokenizer(source, config.max_seq_len), load_encoder(source)
+    if distil:
+        ft.hidden_teacher(checked, tokenizer, config)  # a given teacher with another vocabulary fails before any work
     inputs = (config.model, config.data_dir, labeller, labeller_from, config.infill_model, config.train_file,
               config.dev_file, config.test_file)
     out = io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs)
@@ -277,6 +281,7 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
                     "(%.4f): Agora assumes an ok-ish labeller, and its labels may hurt", role, spec.metrics[0],
                     labeller_dev[spec.metrics[0]], majority[spec.metrics[0]])
     soft = judge.outputs(train_part) if distil else None  # once, shared by every seed and round
+    hidden = ft.hidden_teacher(judge, tokenizer, config) if distil else None
     changer = make_transform(config.transform, encoder, tokenizer, config.replace_fraction, config.infill_model)
     similarity = Similarity(encoder, tokenizer, config.max_seq_len)
     result: dict[str, Any] = {"task": spec.name, "benchmark": spec.benchmark, "metrics": list(spec.metrics),
@@ -292,7 +297,7 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
         sdir = out / "agora" / f"seed-{seed}"
         state = AgoraRun(source, spec, train_part, agora_dev, held_out, configs, sdir, judge, changer, similarity,
                          tokenizer, config.rounds, config.samples_per_mistake, config.band, config.prune,
-                         config.max_mistakes, soft).run()
+                         config.max_mistakes, soft, hidden).run()
         best, winner = state["best"], configs[state["best"]["set"]]
         finals[seed] = sdir / "final"
         if io.is_main() and not (finals[seed] / "metrics.json").is_file():
@@ -309,7 +314,8 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
         same = replace(winner, max_steps=best["steps"])  # the controls: same seed, set and optimizer steps
         if config.compare:
             pdir = out / baseline / f"seed-{seed}"
-            pnet, steps = ft.train(source, spec, train_part, same, pdir, resume=True, tokenizer=tokenizer, soft=soft)
+            pnet, steps = ft.train(source, spec, train_part, same, pdir, resume=True, tokenizer=tokenizer, soft=soft,
+                                   teacher=hidden)
             if io.is_main():
                 runs[baseline][seed] = ft.finish_run(pnet, tokenizer, data, same, pdir, source, steps, baseline,
                                                      note="Baseline of an Agora comparison: same seed, set and "
@@ -325,7 +331,8 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
             io.barrier()  # every process reads what process 0 wrote
             rows = io.read_jsonl(points)
             grown, grown_soft = grow(train_part, soft, rows)
-            unet, steps = ft.train(source, spec, grown, same, udir, resume=True, tokenizer=tokenizer, soft=grown_soft)
+            unet, steps = ft.train(source, spec, grown, same, udir, resume=True, tokenizer=tokenizer, soft=grown_soft,
+                                   teacher=hidden)
             if io.is_main():
                 runs["uniform"][seed] = ft.finish_run(
                     unet, tokenizer, data, same, udir, source, steps, "uniform",

@@ -30,7 +30,7 @@ from bort.tasks.metrics import compute, mean_std
 from bort.tasks.registry import Example, Task, get_task
 
 DONE = "train_state.json"  # written last: its presence means the folder holds a finished model
-DISTILLATION_OPTIONS = ("teacher", "teacher_from", "alpha", "temperature")
+DISTILLATION_OPTIONS = ("teacher", "teacher_from", "alpha", "temperature", "hidden_weight")
 
 
 def load_task_model(source: str | os.PathLike, task: Task) -> torch.nn.Module:
@@ -121,11 +121,11 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, task: Task, examples: list[
 
 def train(source: str | os.PathLike, task: Task, examples: list[Example], config: FinetuneConfig,
           folder: str | os.PathLike, resume: bool = False, tokenizer: Any = None,
-          soft: np.ndarray | None = None) -> tuple[torch.nn.Module, int]:
+          soft: np.ndarray | None = None, teacher: torch.nn.Module | None = None) -> tuple[torch.nn.Module, int]:
     """Fine-tune `source` on `examples`; save a stock folder in `folder`. Returns (model, optimizer steps). A folder
     holding a finished run with the same settings is loaded, not retrained (other settings are an error); with `resume`,
     a checkpoint left by a crash is continued. `soft`, a teacher's outputs for `examples`, adds task distillation
-    (`config.alpha`, `config.temperature`)."""
+    (`config.alpha`, `config.temperature`); `teacher`, the model itself, its hidden states (`config.hidden_weight`)."""
     if not examples:
         raise BortError(f"task {task.name}: the train set is empty")
     folder = Path(folder)
@@ -133,7 +133,8 @@ def train(source: str | os.PathLike, task: Task, examples: list[Example], config
     batches = TaskBatches(task, examples, tokenizer, config, None if soft is None else torch.as_tensor(soft).float())
     world = io.process()[1]
     steps = batches.steps(world)
-    unused = () if soft is not None else DISTILLATION_OPTIONS  # they change nothing in a run without a teacher
+    # they change nothing in a run without a teacher (nor a zero hidden weight: runs from before it resume)
+    unused = DISTILLATION_OPTIONS if soft is None else () if config.hidden_weight else ("hidden_weight",)
     fingerprint = io.strict_json({**{k: v for k, v in config.identity().items() if k in FinetuneConfig.names()
                                      and k not in unused}, "max_steps": steps, "source": str(source),
                                   "task": task.name, "n_train": len(examples), "world": world,
@@ -145,7 +146,7 @@ def train(source: str | os.PathLike, task: Task, examples: list[Example], config
     torch.manual_seed(config.seed)
     model = load_task_model(source, task)
     objective = TaskObjective(model, task.kind == "regression", config.alpha if soft is not None else 1.0,
-                              config.temperature)
+                              config.temperature, teacher if soft is not None else None, config.hidden_weight)
     engine = Engine(objective, batches, replace(config, max_steps=steps),
                     folder, fingerprint, desc=f"fine-tune {task.name} seed {config.seed}", progress=config.progress)
     engine.run(resume=resume)
@@ -339,6 +340,18 @@ def check_teacher(given: str | None, start_from: str | None, task: Task, max_seq
     return TaskTeacher(given, task, max_seq_len, role=role) if given else None
 
 
+def hidden_teacher(teacher: Any, tokenizer: Any, config: FinetuneConfig) -> torch.nn.Module | None:
+    """The teacher model whose hidden states the student learns (`--hidden-weight`), or None. The teacher reads the
+    student's token ids, so the two must share a vocabulary; anything else is an error before any training."""
+    if teacher is None or not config.hidden_weight:
+        return None
+    if teacher.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise BortError(f"--hidden-weight needs the teacher ({teacher.folder}) to share the student's vocabulary (its "
+                        "states are matched token by token); pass --hidden-weight 0, or a teacher fine-tuned from the "
+                        "student's source")
+    return teacher.model
+
+
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune `config.model` on `config.task` once per seed; official-dev metrics per seed and mean ± std. Writes
     `<output>/plain/seed-<s>/` (`distilled/` with a teacher: a stock model folder with card, metrics, dev predictions
@@ -349,6 +362,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     data = load_data(spec, config.data_dir, config.max_train_samples)
     tokenizer = task_tokenizer(source, config.max_seq_len)
     teacher = check_teacher(config.teacher, config.teacher_from, spec, config.max_seq_len)
+    hidden_teacher(teacher, tokenizer, config)  # a given teacher with another vocabulary fails before any work
     inputs = (config.model, config.data_dir, config.train_file, config.dev_file, config.test_file, config.teacher,
               config.teacher_from)
     out = io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs)
@@ -367,9 +381,10 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         cfg = replace(config, seed=seed)
         folders[seed] = out / method / f"seed-{seed}"
         net, steps = train(source, spec, data.train, cfg, folders[seed], resume=config.resume, tokenizer=tokenizer,
-                           soft=soft)
+                           soft=soft, teacher=hidden_teacher(teacher, tokenizer, config))
         if io.is_main():
-            note = f"Task distillation from `{teacher_dir}` (alpha {config.alpha}, T {config.temperature})." \
+            hidden = f", hidden-state weight {config.hidden_weight}" if config.hidden_weight else ""
+            note = f"Task distillation from `{teacher_dir}` (alpha {config.alpha}, T {config.temperature}{hidden})." \
                 if soft is not None else ""
             runs[seed] = finish_run(net, tokenizer, data, cfg, folders[seed], source, steps, method, note)
         first = first or net
@@ -379,7 +394,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
               "n_train": len(data.train), method: summarise(runs),
               "best_seed": publish_best(out, folders, runs, spec.metrics[0])}
     if teacher_dir is not None:
-        result.update(teacher=teacher_dir, teacher_dev=teacher_dev, alpha=config.alpha, temperature=config.temperature)
+        result.update(teacher=teacher_dir, teacher_dev=teacher_dev, alpha=config.alpha, temperature=config.temperature,
+                      hidden_weight=config.hidden_weight)
     if config.measure_latency and first is not None:
         result.update(latency_of(first, tokenizer, spec))
     io.write_json(out / "metrics.json", result)
