@@ -75,6 +75,12 @@ def load_record(path: Path, setup: dict) -> dict:
     return record
 
 
+def recipe(args: argparse.Namespace, task: str, seeds: list[int]) -> dict:
+    """The fine-tuning settings of every teacher and column: 3 epochs, lr 1e-4, batch 32 x 128 tokens."""
+    return dict(data_dir=args.data_dir, seeds=seeds, epochs=3, lr=1e-4, batch_size=32, max_seq_len=128,
+                max_train_samples=args.sst2_train if task == "SST-2" else None, progress=False)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=os.environ.get("BORT_SHARED_DATA", str(REPO.parent / "shared" / "data")))
@@ -100,17 +106,14 @@ def main() -> None:
     record = load_record(record_path, setup)
     save = lambda: io.write_text(record_path, json.dumps(record, indent=1, default=str) + "\n")  # noqa: E731
 
-    def common(task: str, seeds: list[int]) -> dict:
-        return dict(data_dir=args.data_dir, seeds=seeds, epochs=3, lr=1e-4, batch_size=32, max_seq_len=128,
-                    max_train_samples=args.sst2_train if task == "SST-2" else None, progress=False)
-
     def finetune(model: str, task: str, folder: Path, seeds: list[int]) -> dict:
-        return bort.finetune(model, task, str(folder), resume=folder.exists(), **common(task, seeds)).summary
+        return bort.finetune(model, task, str(folder), resume=folder.exists(), **recipe(args, task, seeds)).summary
 
     def agora(model: str, task: str, folder: Path, **extra) -> dict:
         """Θ = two learning rates, 3 rounds; `compare` trains the plain (or distilled) control."""
         return bort.agora(model, task, str(folder), resume=folder.exists(), compare=True, rounds=3,
-                          theta="lr=1e-4,3e-4", samples_per_mistake=4, **common(task, args.seeds), **extra).summary
+                          theta="lr=1e-4,3e-4", samples_per_mistake=4, **recipe(args, task, args.seeds), **extra
+                          ).summary
 
     todo = [task for task in args.tasks if task not in record["rows"]]
     student = None
