@@ -189,6 +189,21 @@ def test_hidden_state_distillation_from_a_teacher_with_another_vocabulary_is_one
     assert main([*args, "--hidden-weight", "0"]) == 0
 
 
+def test_a_run_without_model_is_continued_by_one_naming_the_default(tmp_path, capsys, monkeypatch, shared_data,
+                                                                     tiny_model):
+    """`bort finetune` without --model and `bort.finetune(default_source(), ...)` are the same run: the second
+    loads the first's finished model instead of refusing it for a changed --model."""
+    monkeypatch.setattr("bort.io.default_source", lambda: str(tiny_model))
+    out = tmp_path / "run"
+    args = finetune_args(tiny_model, shared_data, out)
+    del args[args.index("--model"):args.index("--model") + 2]
+    args[args.index("--max-steps") + 1] = "2"
+    assert main(args) == 0
+    weights = (out / "plain" / "seed-0" / "model.safetensors").stat().st_mtime_ns
+    assert main([*args, "--model", str(tiny_model), "--resume"]) == 0
+    assert (out / "plain" / "seed-0" / "model.safetensors").stat().st_mtime_ns == weights
+
+
 def test_config_files_are_typed_like_flags(tmp_path, capsys):
     from bort.cli import options, parser
 
