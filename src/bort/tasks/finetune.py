@@ -379,12 +379,13 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         if teacher_dev is None and io.is_main():
             teacher_dev = teacher_score(teacher, data, config)
     method = "distilled" if soft is not None else "plain"
+    hidden = hidden_teacher(teacher, tokenizer, config) if soft is not None else None  # once, shared by every seed
     runs, folders, first = {}, {}, None
     for seed in config.seeds:
         cfg = replace(config, seed=seed)
         folders[seed] = out / method / f"seed-{seed}"
         net, steps = train(source, spec, data.train, cfg, folders[seed], resume=config.resume, tokenizer=tokenizer,
-                           soft=soft, teacher=hidden_teacher(teacher, tokenizer, config))
+                           soft=soft, teacher=hidden)
         if io.is_main():
             hidden = f", hidden-state weight {config.hidden_weight}" if config.hidden_weight else ""
             note = f"Task distillation from `{teacher_dir}` (alpha {config.alpha}, T {config.temperature}{hidden})." \
