@@ -15,9 +15,10 @@ from bort.cli import COMMANDS, options, parser
 # rate than fine-tuning it; a surrogate run is a short probe (small batches and rows, two learning rates in Θ);
 # `bort extract`'s output may be left out (a dated folder), the others' not; `cost` and `bench` measure shapes
 # (bench several at once), which is what --batch-size and --seq-len name there.
-# `bort run` times what it deploys (measured latency)
+# `bort run` times what it deploys (measured latency); the hidden-state term is the whole signal of general
+# distillation from a teacher without an MLM head, but an optional extra in task distillation (logits carry the task).
 PER_PURPOSE = {"--lr", "--warmup", "--batch-size", "--max-seq-len", "--max-steps", "--save-every", "--output",
-               "--theta", "--seq-len", "--speed"}
+               "--theta", "--seq-len", "--speed", "--hidden-weight"}
 
 
 def test_import_and_help_do_not_load_torch():
