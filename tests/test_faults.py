@@ -191,17 +191,22 @@ def test_hidden_state_distillation_from_a_teacher_with_another_vocabulary_is_one
 
 def test_a_run_without_model_is_continued_by_one_naming_the_default(tmp_path, capsys, monkeypatch, shared_data,
                                                                      tiny_model):
-    """`bort finetune` without --model and `bort.finetune(default_source(), ...)` are the same run: the second
-    loads the first's finished model instead of refusing it for a changed --model."""
+    """`bort finetune` without --model and `bort.finetune(default_source(), ...)` are the same run, in either
+    order and whichever the finished run recorded (runs before 2026-12-03 recorded the path): the second loads the
+    first's finished model instead of refusing it for a changed --model."""
     monkeypatch.setattr("bort.io.default_source", lambda: str(tiny_model))
-    out = tmp_path / "run"
-    args = finetune_args(tiny_model, shared_data, out)
-    del args[args.index("--model"):args.index("--model") + 2]
-    args[args.index("--max-steps") + 1] = "2"
-    assert main(args) == 0
-    weights = (out / "plain" / "seed-0" / "model.safetensors").stat().st_mtime_ns
-    assert main([*args, "--model", str(tiny_model), "--resume"]) == 0
-    assert (out / "plain" / "seed-0" / "model.safetensors").stat().st_mtime_ns == weights
+    for recorded, second in ((None, ["--model", str(tiny_model)]), (str(tiny_model), [])):
+        out = tmp_path / f"run-{len(second)}"
+        args = finetune_args(tiny_model, shared_data, out)
+        del args[args.index("--model"):args.index("--model") + 2]
+        args[args.index("--max-steps") + 1] = "2"
+        assert main(args) == 0
+        done = out / "plain" / "seed-0" / "train_state.json"
+        state = json.loads(done.read_text())
+        done.write_text(json.dumps({**state, "fingerprint": {**state["fingerprint"], "model": recorded}}))
+        weights = (out / "plain" / "seed-0" / "model.safetensors").stat().st_mtime_ns
+        assert main([*args, *second, "--resume"]) == 0
+        assert (out / "plain" / "seed-0" / "model.safetensors").stat().st_mtime_ns == weights
 
 
 def test_config_files_are_typed_like_flags(tmp_path, capsys):

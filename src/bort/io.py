@@ -539,7 +539,12 @@ def same_settings(saved: dict[str, Any], current: dict[str, Any], what: str) -> 
     """Refuse to continue `what` (a run, a checkpoint, a finished model) made with other settings, naming them."""
     from bort.config import option_flags
 
-    current, flags = strict_json(current), option_flags()
+    def named(settings: dict[str, Any]) -> dict[str, Any]:
+        """No --model and the embedded default's own path are one model, so one run (whichever a run recorded)."""
+        is_default = settings.get("model") is not None and str(settings["model"]) == default_source()
+        return {**settings, "model": None} if is_default else settings
+
+    saved, current, flags = named(saved), named(strict_json(current)), option_flags()
     if differ := sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)):
         def shown(value: Any) -> str:
             text = json.dumps(value) if not isinstance(value, str) else value

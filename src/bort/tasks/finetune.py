@@ -135,10 +135,8 @@ def train(source: str | os.PathLike, task: Task, examples: list[Example], config
     steps = batches.steps(world)
     # they change nothing in a run without a teacher (nor a zero hidden weight: runs from before it resume)
     unused = DISTILLATION_OPTIONS if soft is None else () if config.hidden_weight else ("hidden_weight",)
-    # no --model and the embedded default's own path are one model, so one run (null, as runs have always recorded)
-    default = config.model is not None and str(config.model) == io.default_source()
     fingerprint = io.strict_json({**{k: v for k, v in config.identity().items() if k in FinetuneConfig.names()
-                                     and k not in unused}, **({"model": None} if default else {}),
+                                     and k not in unused},
                                   "max_steps": steps, "source": str(source),
                                   "task": task.name, "n_train": len(examples), "world": world,
                                   **({"distilled": True} if soft is not None else {})})
