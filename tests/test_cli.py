@@ -78,3 +78,10 @@ def test_api_functions_survive_importing_their_subpackages():
     import bort.agora.rounds  # noqa: F401 - sets the attribute bort.agora to the subpackage
 
     assert callable(bort.agora) and callable(bort.extract) and callable(bort.pretrain)
+
+
+def test_an_option_newer_than_a_run_leaves_its_identity_at_its_default():
+    """Runs recorded before --hidden-weight existed (Agora's settings, fine-tune fingerprints) still resume."""
+    assert "hidden_weight" not in cfg.AgoraConfig(task="rte", output="o").identity()
+    assert cfg.AgoraConfig(task="rte", output="o", hidden_weight=0.5).identity()["hidden_weight"] == 0.5
+    assert cfg.PretrainConfig(arch="1,2,32,64", output="o").identity()["hidden_weight"] == 1.0

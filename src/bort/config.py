@@ -24,11 +24,13 @@ RUNTIMES = ("torch", "compile", "onnx", "onnx-int8", "onnx-unfused", "onnx-unfus
 def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, choices: tuple | None = None,
            minimum: float | None = None, above: float | None = None, maximum: float | None = None,
            group: str | None = None, cli: bool = True, metavar: str | tuple | None = None,
-           required: bool = False, identity: bool = True) -> Any:
+           required: bool = False, identity: bool = True, added: bool = False) -> Any:
     """A config field: its default, CLI help and validity rule (`minimum` <=, `above` <, `maximum` >=);
-    `identity=False` marks what may change when a run resumes (logging cadence, the output folder, bars)."""
+    `identity=False` marks what may change when a run resumes (logging cadence, the output folder, bars);
+    `added=True` an option newer than runs on disk: at its default it is left out of a run's identity, so they
+    resume."""
     meta = dict(help=help, flag=flag, choices=choices, minimum=minimum, above=above, maximum=maximum,
-                group=group, cli=cli, metavar=metavar, required=required, identity=identity)
+                group=group, cli=cli, metavar=metavar, required=required, identity=identity, added=added)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -64,7 +66,8 @@ class Options:
 
     def identity(self) -> dict[str, Any]:
         """The options a resumed run must share with the run it continues."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("identity", True)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("identity", True)
+                and not (f.metadata.get("added") and getattr(self, f.name) == f.default)}
 
 
 def _typed(name: str, kind: Any, value: Any, f) -> Any:
@@ -262,7 +265,8 @@ class FinetuneConfig(TrainConfig):
                                 group="task distillation")
     hidden_weight: float = option(0.0, "weight of a hidden-state term (TinyBERT): the embeddings and each student "
                                        "layer against the teacher's layer at the same relative depth, on every "
-                                       "token; 0: logits only", minimum=0, group="task distillation")
+                                       "token; 0: logits only", minimum=0, group="task distillation",
+                                added=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -133,8 +133,7 @@ def train(source: str | os.PathLike, task: Task, examples: list[Example], config
     batches = TaskBatches(task, examples, tokenizer, config, None if soft is None else torch.as_tensor(soft).float())
     world = io.process()[1]
     steps = batches.steps(world)
-    # they change nothing in a run without a teacher (nor a zero hidden weight: runs from before it resume)
-    unused = DISTILLATION_OPTIONS if soft is None else () if config.hidden_weight else ("hidden_weight",)
+    unused = DISTILLATION_OPTIONS if soft is None else ()  # they change nothing in a run without a teacher
     fingerprint = io.strict_json({**{k: v for k, v in config.identity().items() if k in FinetuneConfig.names()
                                      and k not in unused},
                                   "max_steps": steps, "source": str(source),
