@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import MISSING, fields
+from dataclasses import fields
 
 import pytest
 
@@ -43,7 +43,7 @@ def test_a_flag_means_the_same_and_has_the_same_default_in_every_command():
         for f in fields(cls):
             if not f.metadata.get("cli", True):
                 continue
-            default = f.default if f.default is not MISSING else f.default_factory()
+            default = cfg.default_of(f)
             flag = cfg.flag_of(f)
             if flag in seen and flag not in PER_PURPOSE:
                 other, other_type, other_default = seen[flag]

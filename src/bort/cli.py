@@ -12,7 +12,7 @@ import logging
 import sys
 import types
 import typing
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from typing import Any
 
 import bort
@@ -42,7 +42,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[cfg.Options]) -> None:
             continue
         target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"])) if meta.get(
             "group") else parser
-        kind, default = hints[f.name], f.default if f.default is not MISSING else f.default_factory()
+        kind, default = hints[f.name], cfg.default_of(f)
         args, origin = [a for a in typing.get_args(kind) if a is not type(None)], typing.get_origin(kind)
         hidden = default is None or isinstance(default, bool) or default == [] or meta.get("required")
         shown = "" if hidden else f" (default: {default})"

@@ -36,6 +36,11 @@ def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, c
     return field(default=default, metadata=meta)
 
 
+def default_of(f) -> Any:
+    """A field's default, a list option's included."""
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
 def flag_of(f) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
@@ -67,7 +72,7 @@ class Options:
     def identity(self) -> dict[str, Any]:
         """The options a resumed run must share with the run it continues."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("identity", True)
-                and not (f.metadata.get("added") and getattr(self, f.name) == f.default)}
+                and not (f.metadata.get("added") and getattr(self, f.name) == default_of(f))}
 
 
 def _typed(name: str, kind: Any, value: Any, f) -> Any:
