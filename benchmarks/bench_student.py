@@ -94,6 +94,9 @@ def main() -> None:
     p.add_argument("--arch", help="D,A,H,I: the student, skipping the search (default: the record's, else the "
                                   "choice of `bort extract --speedup K --speed measured --init source`)")
     p.add_argument("--pretrain-steps", type=int, default=4000, help="at least 30 CPU minutes on 2 cores")
+    p.add_argument("--student-steps", type=int, help="optimizer steps of every student column of a task, in each "
+                                                     "training run (default: 3 epochs, like the teacher); another "
+                                                     "recipe, so it needs another --record")
     args = p.parse_args()
     logging.basicConfig(format="%(message)s")
     logging.getLogger("bort").setLevel(logging.INFO)
@@ -102,7 +105,9 @@ def main() -> None:
     if args.arch is None and record_path.is_file():
         args.arch = json.loads(record_path.read_text())["setup"]["arch"]
     arch = args.arch or choose_arch(args, out)
-    setup = {"arch": arch, "pretrain_steps": args.pretrain_steps, "seeds": args.seeds, "sst2_train": args.sst2_train}
+    setup = {"arch": arch, "pretrain_steps": args.pretrain_steps, "seeds": args.seeds, "sst2_train": args.sst2_train,
+             **({"student_steps": args.student_steps} if args.student_steps else {})}
+    recipe_name = f"-steps{args.student_steps}" if args.student_steps else ""  # its runs apart from 3 epochs' runs
     record = load_record(record_path, setup)
     save = lambda: io.write_text(record_path, json.dumps(record, indent=1, default=str) + "\n")  # noqa: E731
 
@@ -112,7 +117,8 @@ def main() -> None:
     def agora(model: str, task: str, folder: Path, **extra) -> dict:
         """Θ = two learning rates, 3 rounds; `compare` trains the plain (or distilled) control."""
         return bort.agora(model, task, str(folder), resume=folder.exists(), compare=True, rounds=3,
-                          theta="lr=1e-4,3e-4", samples_per_mistake=4, **recipe(args, task, args.seeds), **extra
+                          theta="lr=1e-4,3e-4", samples_per_mistake=4, **recipe(args, task, args.seeds),
+                          **({"max_steps": args.student_steps} if args.student_steps else {}), **extra
                           ).summary
 
     todo = [task for task in args.tasks if task not in record["rows"]]
@@ -128,7 +134,8 @@ def main() -> None:
                "date": time.strftime("%Y-%m-%d")}
         for labels, extra in (("hard", {"labeller": teacher_dir}), ("soft", {"teacher": teacher_dir,
                                                                             "uniform_control": True})):
-            summary = timed(seconds, f"agora_{labels}", agora, student, task, out / f"agora-{labels}" / task, **extra)
+            folder = out / f"agora-{labels}{recipe_name}" / task
+            summary = timed(seconds, f"agora_{labels}", agora, student, task, folder, **extra)
             row[f"agora_{labels}"], row["student_ms"] = summary["agora"], summary.get("cpu_latency_ms")
             row.update({k: summary[k] for k in ("plain", "distilled", "uniform") if k in summary})
             row[f"rounds_{labels}"] = {s: [r["generated"] for r in v["rounds"]] for s, v in summary["rounds"].items()}
@@ -137,7 +144,8 @@ def main() -> None:
         row["teacher"], row["teacher_ms"], row["seconds"] = teacher["plain"], teacher.get("cpu_latency_ms"), seconds
         if "speed" not in record:  # the models a user deploys: the teacher and the student fine-tuned on one task
             record["speed"] = {"task": task, "machine": machine(),
-                               "rows": side_by_side(Path(teacher_dir), out / "agora-soft" / task, out)}
+                               "rows": side_by_side(Path(teacher_dir), out / f"agora-soft{recipe_name}" / task,
+                                                   out / f"speed{recipe_name}.json")}
         record["rows"][task] = row
         save()
         print(f"{task}: row done at {(time.time() - started) / 60:.1f} min: "
@@ -158,9 +166,8 @@ def choose_arch(args: argparse.Namespace, out: Path) -> str:
     return ",".join(map(str, chosen["arch"].values()))
 
 
-def side_by_side(teacher: Path, student: Path, out: Path) -> list[dict]:
+def side_by_side(teacher: Path, student: Path, path: Path) -> list[dict]:
     """Teacher and student in one `bort bench` run: batch 1 x 128, eager and int8 ONNX Runtime, interleaved."""
-    path = out / "speed.json"
     if not path.is_file():
         bort.bench([f"teacher={teacher}", f"student={student}"], runtimes=["torch", "onnx-int8"], batch_sizes=[1],
                    seq_lens=[128], repeats=30, json_path=path, progress=False)
@@ -186,7 +193,9 @@ def report(rows: list[dict], args: argparse.Namespace, record: dict, out: Path) 
         return
     header = ["task", "metric", "(a) teacher", *COLUMNS.values(), "machine"]
     setup = record["setup"]
-    lines = [f"student ⟨{setup['arch']}⟩, pre-trained {setup['pretrain_steps']} steps; seeds {setup['seeds']}",
+    lines = [f"student ⟨{setup['arch']}⟩, pre-trained {setup['pretrain_steps']} steps; seeds {setup['seeds']}; "
+             f"each student run {setup.get('student_steps', 'of 3 epochs')}" + (" steps" if "student_steps" in setup
+                                                                                 else ""),
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append(f"| {r['task']} | {r['metric']} | {cell(r['teacher'], r['metric'])} | "
