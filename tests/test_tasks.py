@@ -242,6 +242,20 @@ def test_hidden_state_distillation_trains_classifiers_and_multiple_choice(tmp_pa
         assert json.loads((out / "metrics.json").read_text())["hidden_weight"] == 1
 
 
+def test_hidden_state_distillation_reaches_every_seed(tmp_path, shared_data, tiny_model, capsys):
+    """The hidden-state teacher is loaded once and shared: the second seed learns its states as the first does."""
+    from bort.cli import main
+
+    out = tmp_path / "rte"
+    assert main(["finetune", "--task", "rte", "--data-dir", str(shared_data), "--max-steps", "2", "--batch-size", "4",
+                 "--max-seq-len", "32", "--max-train-samples", "16", "--no-latency", "--quiet", "--model",
+                 str(tiny_model), "--output", str(out), "--teacher-from", str(tiny_model), "--hidden-weight", "1",
+                 "--seeds", "0", "1"]) == 0
+    for seed in (0, 1):
+        log = [json.loads(line) for line in (out / "distilled" / f"seed-{seed}" / "metrics.jsonl").open()]
+        assert all(r["hidden"] > 0 for r in log if r["kind"] == "train")
+
+
 def test_finetune_with_a_teacher_distils_from_its_outputs(tmp_path, shared_data, tiny_model, capsys):
     from bort.cli import main
 

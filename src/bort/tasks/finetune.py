@@ -377,6 +377,9 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
             teacher_dev = teacher_score(teacher, data, config)
     method = "distilled" if soft is not None else "plain"
     hidden = hidden_teacher(teacher, tokenizer, config) if soft is not None else None  # once, shared by every seed
+    weight = f", hidden-state weight {config.hidden_weight}" if config.hidden_weight else ""
+    note = f"Task distillation from `{teacher_dir}` (alpha {config.alpha}, T {config.temperature}{weight})." \
+        if soft is not None else ""
     runs, folders, first = {}, {}, None
     for seed in config.seeds:
         cfg = replace(config, seed=seed)
@@ -384,9 +387,6 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         net, steps = train(source, spec, data.train, cfg, folders[seed], resume=config.resume, tokenizer=tokenizer,
                            soft=soft, teacher=hidden)
         if io.is_main():
-            hidden = f", hidden-state weight {config.hidden_weight}" if config.hidden_weight else ""
-            note = f"Task distillation from `{teacher_dir}` (alpha {config.alpha}, T {config.temperature}{hidden})." \
-                if soft is not None else ""
             runs[seed] = finish_run(net, tokenizer, data, cfg, folders[seed], source, steps, method, note)
         first = first or net
     if not io.is_main():
