@@ -193,9 +193,9 @@ def report(rows: list[dict], args: argparse.Namespace, record: dict, out: Path) 
         return
     header = ["task", "metric", "(a) teacher", *COLUMNS.values(), "machine"]
     setup = record["setup"]
+    length = f"{setup['student_steps']} steps" if "student_steps" in setup else "3 epochs"
     lines = [f"student ⟨{setup['arch']}⟩, pre-trained {setup['pretrain_steps']} steps; seeds {setup['seeds']}; "
-             f"each student run {setup.get('student_steps', 'of 3 epochs')}" + (" steps" if "student_steps" in setup
-                                                                                 else ""),
+             f"each student run: {length}",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append(f"| {r['task']} | {r['metric']} | {cell(r['teacher'], r['metric'])} | "
