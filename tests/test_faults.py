@@ -284,6 +284,10 @@ def test_damaged_weights_are_one_line_in_every_command(tmp_path, capsys, shared_
     (["extract", "--family", "mlp", "--theta", "lr=nan"], "--lr must be a finite number"),
     (["extract", "--family", "mlp", "--steps", "0"], "--steps must be at least 1"),
     (["extract", "--family", "mlp", "--speedup", "1000"], "no candidate in the space meets --speedup 1000 (the"),
+    (["extract", "--latency-runtime", "onnx-int8"], "--speed ops counts operations; add --speed measured"),
+    (["extract", "--family", "mlp", "--speed", "measured", "--latency-runtime", "onnx"],
+     "not the 'mlp' family; use --latency-runtime torch"),
+    (["run", "--task", "mrpc", "--speed", "ops", "--latency-runtime", "onnx"], "add --speed measured"),
     (["finetune", "--task", "rte", "--lr", "-1"], "--lr must be above 0"),
     (["finetune", "--task", "rte", "--lr", "nan"], "--lr must be a finite number"),
     (["finetune", "--task", "rte", "--max-steps", "0"], "--max-steps must be at least 1"),
@@ -301,7 +305,7 @@ def test_damaged_weights_are_one_line_in_every_command(tmp_path, capsys, shared_
 ])
 def test_invalid_numbers_and_names_in_every_command(tmp_path, capsys, argv, message):
     out = tmp_path / "out"
-    needs_output = argv[0] in ("extract", "finetune", "pretrain", "export")
+    needs_output = argv[0] in ("extract", "finetune", "pretrain", "export", "run")
     assert message in one_line(capsys, *argv, *(["--output", str(out)] if needs_output else []))
     assert not out.exists()
 

@@ -19,6 +19,7 @@ from bort.io import read_yaml
 
 # onnx*: the graph `bort export` writes (fused for BERT models); onnx-unfused*: the dynamo exporter's graph as is
 RUNTIMES = ("torch", "compile", "onnx", "onnx-int8", "onnx-unfused", "onnx-unfused-int8")
+LATENCY_RUNTIMES = ("torch", "onnx", "onnx-int8")  # what a search can time each candidate in
 
 
 def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, choices: tuple | None = None,
@@ -201,6 +202,9 @@ class ExtractConfig(DistillConfig, RunConfig):
     speed: str = option("ops", "i(ξ): analytic operation count, or measured latency", choices=("ops", "measured"))
     latency_batch_size: int = option(1, "reference shape of i(ξ): batch size", minimum=1)
     latency_seq_len: int = option(128, "reference shape of i(ξ): sequence length", minimum=1)
+    latency_runtime: str = option("torch", "runtime of measured latency: PyTorch eager, or the ONNX Runtime model "
+                                  "`bort export` ships (fp32 or int8): time in the runtime you deploy",
+                                  choices=LATENCY_RUNTIMES, added=True)
     speedup: float | None = option(None, "target: at least K times faster than the source (operation count, or "
                                          "measured latency with --speed measured); with any target, the most accurate "
                                          "finalist (lowest ê) that meets them all is chosen", minimum=1, metavar="K")
@@ -212,6 +216,10 @@ class ExtractConfig(DistillConfig, RunConfig):
                                       identity=False)
     output: str | None = like(RunConfig, "output", None, help="results folder (default: runs/extract-<time>)")
     seed: int = like(TrainConfig, "seed", 0, help="random seed of the search (data, masks and each arm's seed)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        timed_in_runtime(self)
 
 
 @dataclass(kw_only=True)
@@ -438,6 +446,7 @@ class PipelineConfig(RunConfig):
     max_latency_ms: float | None = like(ExtractConfig, "max_latency_ms", None)
     max_params: float | None = like(ExtractConfig, "max_params", None)
     speed: str = like(ExtractConfig, "speed", "measured")
+    latency_runtime: str = like(ExtractConfig, "latency_runtime", "torch")
     budget_minutes: float = option(60.0, "time for all stages, split by the rule in the README", above=0)
     seeds: list[int] = like(FinetuneConfig, "seeds", [0])
     corpus: list[str] = like(DistillConfig, "corpus", [])
@@ -446,8 +455,16 @@ class PipelineConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         task_files(self)
+        timed_in_runtime(self)
         if not any(v is not None for v in (self.speedup, self.max_latency_ms, self.max_params)):
             self.speedup = DEFAULT_SPEEDUP
+
+
+def timed_in_runtime(config: Options) -> None:
+    """--latency-runtime is used only where latency is measured; otherwise it would be silently ignored."""
+    if config.latency_runtime != "torch" and config.speed != "measured" and config.max_latency_ms is None:
+        raise BortError(f"--latency-runtime {config.latency_runtime} times candidates, but --speed ops counts "
+                        "operations; add --speed measured")
 
 
 def task_files(config: Options) -> dict[str, Any]:

@@ -67,6 +67,7 @@ PRETRAIN_BATCH, TASK_BATCH, STUDENT_ROUNDS = (16, 128), 32, 3
 PROBE = {"max_steps": 8, "log_every": 1, "save_every": 0, "progress": False}
 PLAN_FILE = "plan.json"
 IMAGES = ("speed.png", "extract/pareto.png", "pretrain_curve.png")  # relative to the run folder
+RUNTIME_NAMES = {"torch": "PyTorch eager", "onnx": "ONNX Runtime fp32", "onnx-int8": "ONNX Runtime int8"}
 
 
 @dataclass
@@ -285,7 +286,8 @@ def _extract(ctx: Context, continuing: bool) -> dict[str, Any]:
 def _extract_config(config: PipelineConfig, source: str, **run: Any) -> ExtractConfig:
     """The search of `bort run`: the user's targets, from the source, sliced from it (as the student will be)."""
     return make(ExtractConfig, source=source, speedup=config.speedup, max_params=config.max_params,
-                max_latency_ms=config.max_latency_ms, speed=config.speed, init="source", corpus=config.corpus, **run)
+                max_latency_ms=config.max_latency_ms, speed=config.speed, latency_runtime=config.latency_runtime,
+                init="source", corpus=config.corpus, **run)
 
 
 def _pretrain(ctx: Context, continuing: bool) -> dict[str, Any]:
@@ -404,7 +406,7 @@ def _report(ctx: Context, continuing: bool) -> dict[str, Any]:
     records = io.read_json(out / "stages.json")
     summary = {"task": config.task, "source": ctx.source, "target": _targets(config).describe(),
                "target_met": results["extract"]["target_met"], "teacher": results["teacher"],
-               "target_check": results["extract"].get("side_by_side", []),
+               "target_check": results["extract"].get("side_by_side", []), "latency_runtime": config.latency_runtime,
                "architecture": results["extract"]["chosen"]["arch"],
                "w_optimum": results["extract"]["w_optimum"]["arch"], "pretrain": {
                    k: results["pretrain"][k] for k in ("steps", "eval")},
@@ -461,7 +463,8 @@ def _blocks(s: dict[str, Any]) -> list[tuple]:
         ("p", f"Parameters: teacher {params['teacher'] / 1e6:.1f}M, student {params['student'] / 1e6:.1f}M."),
         *((("h2", "The speed target, checked side by side with the source"),
            ("p", "The search's finalists that met the target by its own timings, most accurate first, each timed "
-                 "in alternation with the source until one met it with 95% confidence (random weights, PyTorch)."),
+                 "in alternation with the source until one met it with 95% confidence (random weights, "
+                 f"{RUNTIME_NAMES[s.get('latency_runtime', 'torch')]})."),
            ("table", ("finalist", "speed-up, median", "at least (95%)", "meets the target"),
             [(arch(dict(enumerate(r["arch"]))), f"{r['speedup']:.2f}x", f"{r['speedup_at_least']:.2f}x",
               "yes" if r["meets"] else "no") for r in s["target_check"]])) if s.get("target_check") else ()),

@@ -174,7 +174,8 @@ def confirm_side_by_side(fam: Family, result: SearchResult, constraints: Constra
 def _against_source(fam: Family, source: Candidate, c: Candidate, constraints: Constraints, config: ExtractConfig
                     ) -> dict[str, Any]:
     """One finalist timed side by side with the source: medians, 95% bounds, and whether it meets the targets."""
-    source_ms, ms = side_by_side(fam, [source.arch, c.arch], config.latency_batch_size, config.latency_seq_len)
+    source_ms, ms = side_by_side(fam, [source.arch, c.arch], config.latency_batch_size, config.latency_seq_len,
+                                 runtime=config.latency_runtime)
     ratios = [s / m for s, m in zip(source_ms, ms, strict=True)]
     slowest, least = median_bound(ms, 0.95), median_bound(ratios, 0.05)
     meets = replace(constraints, reference_speed=least * slowest).allows(replace(c, latency_ms=slowest), True)
@@ -241,7 +242,8 @@ def build_search(fam: Family, config: ExtractConfig, surrogate: Callable[..., fl
     latency = None
     if config.speed == "measured" or config.max_latency_ms is not None:
         cache, shape = LatencyCache(), (config.latency_batch_size, config.latency_seq_len)
-        latency = io.broadcast({a: cache.measure(fam, a, *shape) for a in [*points, fam.maximum()]}
+        latency = io.broadcast({a: cache.measure(fam, a, *shape, runtime=config.latency_runtime)
+                                for a in [*points, fam.maximum()]}
                                if io.is_main() else None).__getitem__
     as_int = lambda v: None if v is None else int(v)  # noqa: E731
     constraints = Constraints(as_int(config.max_params), as_int(config.max_effective_params), config.max_latency_ms,

@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from bort import io
+from bort.errors import BortError
 from bort.families.base import Arch, Family
 
 log = logging.getLogger("bort")
@@ -130,18 +132,50 @@ def cpu_latency(model: torch.nn.Module, inputs: dict[str, torch.Tensor], repeats
     return out
 
 
+@contextlib.contextmanager
+def timed_calls(family: Family, archs: list[Arch], batch_size: int, seq_len: int, runtime: str = "torch",
+                threads: int | None = None) -> Iterator[list[Callable[[], object]]]:
+    """One forward call per architecture (seeded random weights; speed does not depend on them) in `runtime`: eager
+    PyTorch, or the ONNX Runtime session `bort export` would ship (fp32, or int8 as `bort bench` quantizes it). A
+    speed target is only as good as the runtime it was measured in: a 2-layer student gains less from int8 than its
+    12-head source does, so 4x in eager PyTorch was 3.4-3.7x in int8 (benchmarks/RESULTS.md)."""
+    if runtime == "torch":
+        torch.manual_seed(0)
+        models = [family.build(a).eval() for a in archs]
+        with torch_threads(threads), torch.inference_mode():
+            yield [functools.partial(model, **family.example_input(a, batch_size, seq_len))
+                   for model, a in zip(models, archs, strict=True)]
+        return
+    from bort.families.bert import BertFamily
+    from bort.speed.export import cached_export, ort_session, require_onnx
+    from bort.speed.models import SpeedModel, example_inputs, input_names
+
+    require_onnx()
+    if not isinstance(family, BertFamily):
+        raise BortError(f"--latency-runtime {runtime} times ONNX exports of transformers models, not the "
+                        f"'{family.name}' family; use --latency-runtime torch")
+    calls = []
+    with tempfile.TemporaryDirectory(prefix="bort-latency-") as tmp:
+        for arch in archs:
+            config = family.config(arch)
+            model = SpeedModel(",".join(map(str, arch)), "search", config, BertFamily(config), arch, None)
+            session = ort_session(cached_export(model, Path(tmp), int8=runtime == "onnx-int8"),
+                                  threads or torch.get_num_threads(), spinning=False)
+            feed = {n: v.numpy() for n, v in example_inputs(model, batch_size, seq_len).items()
+                    if n in input_names(config)}
+            calls.append(functools.partial(session.run, None, feed))
+        yield calls
+
+
 def side_by_side(family: Family, archs: list[Arch], batch_size: int = 1, seq_len: int = 128, repeats: int = 40,
-                 warmup: int = 3) -> list[list[float]]:
-    """Milliseconds of each architecture (seeded random weights) in each of `repeats` rounds, timed interleaved as
-    `bort bench` times models. Ratios within a round are what a user measures side by side; ratios of two separate
-    (cached) timings are not, as the machine drifts between them. Figures taken on a busy machine are logged."""
-    torch.manual_seed(0)
-    models = [family.build(a).eval() for a in archs]
-    calls = [functools.partial(model, **family.example_input(a, batch_size, seq_len))
-             for model, a in zip(models, archs, strict=True)]
+                 warmup: int = 3, runtime: str = "torch") -> list[list[float]]:
+    """Milliseconds of each architecture in `runtime` (see `timed_calls`) in each of `repeats` rounds, timed
+    interleaved as `bort bench` times models. Ratios within a round are what a user measures side by side; ratios
+    of two separate (cached) timings are not, as the machine drifts between them. Figures taken on a busy machine
+    are logged."""
     times: list[list[float]] = [[] for _ in archs]
     last: list[float | None] = [None for _ in archs]
-    with others_load() as load, torch.inference_mode():
+    with timed_calls(family, archs, batch_size, seq_len, runtime) as calls, others_load() as load:
         for round_ in range(warmup + repeats):
             for i in interleaved(len(calls), round_):
                 last[i] = primed_ms(calls[i], last[i] if round_ >= warmup else None)
@@ -173,17 +207,15 @@ class LatencyCache:
             self.entries = {}  # a missing or torn cache is only a cache
 
     def measure(self, family: Family, arch: Arch, batch_size: int = 1, seq_len: int = 128, repeats: int = 10,
-                threads: int | None = None) -> float:
+                threads: int | None = None, runtime: str = "torch") -> float:
         threads = threads or torch.get_num_threads()
         source = json.dumps(family.fingerprint(), sort_keys=True)
-        key = (f"{hardware_id()} | {threads} threads | torch-eager | {family.name}:{source} | "
-               f"{','.join(map(str, arch))} | b{batch_size} s{seq_len}")
+        key = (f"{hardware_id()} | {threads} threads | {'torch-eager' if runtime == 'torch' else runtime} | "
+               f"{family.name}:{source} | {','.join(map(str, arch))} | b{batch_size} s{seq_len}")
         if key in self.entries:
             return self.entries[key]
-        torch.manual_seed(0)
-        with others_load() as load:
-            ms = measure_model(family.build(arch), family.example_input(arch, batch_size, seq_len), repeats,
-                               threads=threads)
+        with timed_calls(family, [arch], batch_size, seq_len, runtime, threads) as (call,), others_load() as load:
+            ms = statistics.median(time_call(call, repeats, warmup=3))
         if warning := busy_warning(load[0] if load else None, threads):
             log.warning("latency of %s: %s; not cached", ",".join(map(str, arch)), warning)
             return ms  # a figure taken beside other jobs is used once, never kept for later runs
