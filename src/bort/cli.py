@@ -117,7 +117,7 @@ def run_extract(settings: cfg.ExtractConfig, args: argparse.Namespace) -> None:
           f"(params x{search.chosen.params / search.maximum.params:.3f}, W = {search.chosen.W:.4f})")
     if (target := result.summary["target"]) and search.constrained is not None:
         c, timed = search.constrained, result.summary.get("side_by_side")
-        speedup, how = (timed[-1]["speedup"], " side by side") if timed else (
+        speedup, how = (timed[-1]["speedup"], f" side by side, {settings.latency_runtime}") if timed else (
             search.maximum.speed(measured) / c.speed(measured), "")
         print(f"most accurate meeting {target}: {','.join(names)} = {','.join(map(str, c.arch))}  (ê = {c.error:.4f}, "
               f"{speedup:.1f}x faster than the source{how}, W = {c.W:.4f})")
