@@ -17,6 +17,7 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 
 import bort
 from bort.cli import main
+from bort.config import PipelineConfig
 
 
 def run_args(model: Path, data: Path, corpus: Path, output: Path, *extra: str) -> list[str]:
@@ -99,6 +100,11 @@ def test_the_report_shows_how_the_speed_target_was_checked(finished):
     text = pipeline._markdown(pipeline._blocks(summary))
     assert "| ⟨2, 12, 384, 768⟩ | 4.00x | 3.86x | no |" in text
     assert "| ⟨2, 12, 384, 384⟩ | 4.88x | 4.82x | yes |" in text
+    assert "(random weights, PyTorch eager)" in text
+    summary["latency_runtime"] = "onnx-int8"  # --latency-runtime onnx-int8 reaches the search and the report
+    assert "(random weights, ONNX Runtime int8)" in pipeline._markdown(pipeline._blocks(summary))
+    config = PipelineConfig(task="RTE", output="x", latency_runtime="onnx-int8")
+    assert pipeline._extract_config(config, "src", output="x").latency_runtime == "onnx-int8"
 
 
 def assert_split_whole(minutes: dict[str, float], budget: float) -> None:
