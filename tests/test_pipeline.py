@@ -105,6 +105,9 @@ def test_the_report_shows_how_the_speed_target_was_checked(finished):
     assert "(random weights, ONNX Runtime int8)" in pipeline._markdown(pipeline._blocks(summary))
     config = PipelineConfig(task="RTE", output="x", latency_runtime="onnx-int8")
     assert pipeline._extract_config(config, "src", output="x").latency_runtime == "onnx-int8"
+    plan = {"search_steps": 8, "minutes": {"pretrain": 1, "student": 1}}  # a search timed in another runtime reruns
+    assert pipeline._stage_options("extract", config, plan, "src") != pipeline._stage_options(
+        "extract", PipelineConfig(task="RTE", output="x"), plan, "src")
 
 
 def assert_split_whole(minutes: dict[str, float], budget: float) -> None:

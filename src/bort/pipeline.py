@@ -256,7 +256,9 @@ def _stage_options(stage: str, config: PipelineConfig, plan: dict[str, Any], sou
               "max_train_samples": config.max_train_samples, "max_seq_len": config.max_seq_len}
     return {"teacher": {**common, "teacher": config.teacher, "steps": plan.get("teacher_steps")},
             "extract": {"source": source, "targets": [config.speedup, config.max_latency_ms, config.max_params],
-                        "speed": config.speed, "corpus": config.corpus, "steps": plan["search_steps"]},
+                        "speed": config.speed, "corpus": config.corpus, "steps": plan["search_steps"],
+                        # at its default left out, so runs from before --latency-runtime keep their stage records
+                        **({"latency_runtime": config.latency_runtime} if config.latency_runtime != "torch" else {})},
             "pretrain": {"corpus": config.corpus, "minutes": plan["minutes"]["pretrain"]},
             "student": {**common, "agora": config.agora, "seeds": config.seeds,
                         "minutes": plan["minutes"]["student"]},

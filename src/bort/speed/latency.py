@@ -132,6 +132,16 @@ def cpu_latency(model: torch.nn.Module, inputs: dict[str, torch.Tensor], repeats
     return out
 
 
+def runtime_id(runtime: str) -> str:
+    """The runtime of a cached latency, with onnxruntime's version for ONNX (its int8 kernels change between
+    releases; the torch version is in `hardware_id`)."""
+    if runtime == "torch":
+        return "torch-eager"
+    import onnxruntime
+
+    return f"{runtime} onnxruntime {onnxruntime.__version__}"
+
+
 @contextlib.contextmanager
 def timed_calls(family: Family, archs: list[Arch], batch_size: int, seq_len: int, runtime: str = "torch",
                 threads: int | None = None) -> Iterator[list[Callable[[], object]]]:
@@ -210,8 +220,8 @@ class LatencyCache:
                 threads: int | None = None, runtime: str = "torch") -> float:
         threads = threads or torch.get_num_threads()
         source = json.dumps(family.fingerprint(), sort_keys=True)
-        key = (f"{hardware_id()} | {threads} threads | {'torch-eager' if runtime == 'torch' else runtime} | "
-               f"{family.name}:{source} | {','.join(map(str, arch))} | b{batch_size} s{seq_len}")
+        key = (f"{hardware_id()} | {threads} threads | {runtime_id(runtime)} | {family.name}:{source} | "
+               f"{','.join(map(str, arch))} | b{batch_size} s{seq_len}")
         if key in self.entries:
             return self.entries[key]
         with timed_calls(family, [arch], batch_size, seq_len, runtime, threads) as (call,), others_load() as load:
