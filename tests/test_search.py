@@ -194,7 +194,8 @@ def test_a_measured_target_is_confirmed_side_by_side_with_the_source(tmp_path, m
 
     timed = []
 
-    def first_one_too_slow(fam, archs, *shape):
+    def first_one_too_slow(fam, archs, *shape, runtime):
+        assert runtime == "torch"
         timed.append(tuple(archs[1]))
         return [[5.0, 5.2, 4.9], [20.0, 21.0, 19.0] if len(timed) == 1 else [1.0, 1.1, 0.9]]  # source, candidate
 
@@ -211,7 +212,7 @@ def test_a_measured_target_is_confirmed_side_by_side_with_the_source(tmp_path, m
     assert tuple(chosen.values()) == feasible[1].arch
 
     # a resumed run keeps its timings (side_by_side.jsonl), so its choice stays what it was
-    monkeypatch.setattr(extraction, "side_by_side", lambda fam, archs, *shape: [[5.0] * 3, [9.0, 11.0, 10.5]])
+    monkeypatch.setattr(extraction, "side_by_side", lambda fam, archs, *shape, runtime: [[5.0] * 3, [9.0, 11.0, 10.5]])
     again = extract(family="mlp", epsilon=0.5, theta="lr=3e-3", speed="measured", max_latency_ms=10.0,
                     output=str(tmp_path), progress=False, resume=True)
     assert again.constrained.arch == feasible[1].arch and again.summary["side_by_side"] == records
