@@ -187,6 +187,26 @@ def test_measured_speed_and_latency_constraint(tmp_path):
     assert result.summary["chosen"]["ratios_to_source"]["latency"] > 0
 
 
+def test_a_resumed_search_with_other_options_is_refused_before_any_timing(tmp_path, monkeypatch):
+    """Timing every candidate is minutes in ONNX Runtime: a changed option is refused before it, in one line."""
+    from bort.search import extraction
+    from bort.speed.latency import LatencyCache
+
+    settings = dict(family="mlp", epsilon=0.5, theta="lr=3e-3", speed="measured", output=str(tmp_path),
+                    progress=False)
+    extract(**settings)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed a candidate before refusing the changed option")
+
+    monkeypatch.setattr(LatencyCache, "measure", no_timing)
+    with pytest.raises(BortError, match=r"--batch-size 4 now, 8 then"):
+        extract(**settings, batch_size=4, resume=True)
+    monkeypatch.setattr(extraction, "build_search", no_timing)  # the check reads run.json alone
+    with pytest.raises(BortError, match="other settings"):
+        extract(**{**settings, "theta": "lr=1e-3"}, resume=True)
+
+
 def test_a_measured_target_is_confirmed_side_by_side_with_the_source(tmp_path, monkeypatch):
     """The search's latencies are separate timings: its choice is the most accurate finalist that still meets the
     target when timed side by side with the source, tried in order of ê."""

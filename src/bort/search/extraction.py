@@ -94,6 +94,8 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
     if surrogate is None:
         surrogate = default_surrogate(fam, config)  # loads the teacher and the corpus: bad input fails here
     teacher_name = getattr(surrogate, "teacher_name", None)
+    if config.resume:
+        refuse_changed_options(config)
     search = build_search(fam, config, surrogate, space)
     thetas, constraints = search.thetas, search.constraints
     inputs = (config.source, config.teacher, config.space, *config.corpus)
@@ -149,6 +151,20 @@ def extract(config: ExtractConfig, family: Family | None = None, surrogate: Surr
         log.info(f"done in {seconds / 60:.1f} min ({result.trained_steps} steps trained now, predicted "
                  f"{predicted / 60:.1f} min); results in {out}")
     return ExtractionResult(result, fam, out, summary)
+
+
+# what run.json records as the run resolved it, in place of the option of the same name
+DERIVED = ("source", "teacher", "space", "thetas", "steps", "constraints")
+
+
+def refuse_changed_options(config: ExtractConfig) -> None:
+    """A resumed search whose options changed is refused before its candidates are timed (minutes in ONNX Runtime).
+    What the run derives from them (the source's fingerprint, the teacher, Θ) is compared later, by `store.open`."""
+    run_file = Path(config.output) / "run.json"
+    if run_file.is_file():
+        identity = {k: v for k, v in config.identity().items() if k not in DERIVED}
+        saved = io.read_json(run_file)
+        io.same_settings({k: saved.get(k) for k in identity}, identity, f"the search in {run_file.parent}")
 
 
 def confirm_side_by_side(fam: Family, result: SearchResult, constraints: Constraints, config: ExtractConfig,
