@@ -137,6 +137,9 @@ def runtime_id(runtime: str) -> str:
     releases; the torch version is in `hardware_id`)."""
     if runtime == "torch":
         return "torch-eager"
+    from bort.speed.export import require_onnx
+
+    require_onnx()  # one line naming the install, not an ImportError
     import onnxruntime
 
     return f"{runtime} onnxruntime {onnxruntime.__version__}"
