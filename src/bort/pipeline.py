@@ -257,8 +257,8 @@ def _stage_options(stage: str, config: PipelineConfig, plan: dict[str, Any], sou
     return {"teacher": {**common, "teacher": config.teacher, "steps": plan.get("teacher_steps")},
             "extract": {"source": source, "targets": [config.speedup, config.max_latency_ms, config.max_params],
                         "speed": config.speed, "corpus": config.corpus, "steps": plan["search_steps"],
-                        # at its default left out, so runs from before --latency-runtime keep their stage records
-                        **({"latency_runtime": config.latency_runtime} if config.latency_runtime != "torch" else {})},
+                        # identity() leaves a newer option out at its default, so older runs keep their records
+                        **{k: v for k, v in config.identity().items() if k == "latency_runtime"}},
             "pretrain": {"corpus": config.corpus, "minutes": plan["minutes"]["pretrain"]},
             "student": {**common, "agora": config.agora, "seeds": config.seeds,
                         "minutes": plan["minutes"]["student"]},
