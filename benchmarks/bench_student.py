@@ -35,6 +35,8 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
 import bort
 from bort import io
 from bort.io import default_source
@@ -56,13 +58,16 @@ def timed(record: dict, key: str, work, *args, **kwargs):
 
 
 def machine() -> str:
-    """The CPU a figure was measured on (each row of the record names its own: sessions may run on other CPUs)."""
+    """The machine a figure was measured on (each row of the record names its own: sessions may run on other
+    CPUs, or on a GPU)."""
     try:
         names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                  if line.startswith("model name")]
     except OSError:
         names = []
-    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cpus"
+    cpu = f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cpus"
+    # training runs on a GPU where there is one (the engine's rule): then the GPU names the row
+    return f"{torch.cuda.get_device_name()} + {cpu}" if torch.cuda.is_available() else cpu
 
 
 def load_record(path: Path, setup: dict) -> dict:
@@ -216,9 +221,9 @@ def report(rows: list[dict], args: argparse.Namespace, record: dict, out: Path) 
         per_seed = [statistics.mean(100 * (r["agora_soft"]["seeds"][str(s)][r["metric"]]
                                            - r["uniform"]["seeds"][str(s)][r["metric"]]) for r in scarce)
                     for s in args.seeds]
-        spread = statistics.stdev(per_seed) if len(per_seed) > 1 else float("nan")
+        spread = f"{statistics.stdev(per_seed):.2f}" if len(per_seed) > 1 else "unknown with one seed"
         lines.append(f"(e) - (d) on the scarce tasks: {statistics.mean(per_seed):+.2f} points (per seed "
-                     f"{', '.join(f'{d:+.2f}' for d in per_seed)}; spread {spread:.2f}; target >= +1.0 and above the "
+                     f"{', '.join(f'{d:+.2f}' for d in per_seed)}; spread {spread}; target >= +1.0 and above the "
                      "spread)")
     wins = [r["task"] for r in rows if score(r, best) > score(r, "teacher")]
     lines.append(f"tasks where {COLUMNS[best]} beats the teacher: {len(wins)} ({', '.join(wins) or 'none'})")

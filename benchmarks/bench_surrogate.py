@@ -107,12 +107,18 @@ def diagnosis(rows: list[dict], tasks: list[str]) -> list[str]:
                      f"{spearman([-r['error'] for r in full], [-r['pretrain_loss'] for r in full]):.2f}")
         lines.append(f"ρ(−pre-training loss at the end, mean dev score) over {len(full)}: "
                      f"{spearman([-r['pretrain_loss'] for r in full], [r['mean'] for r in full]):.2f}")
-    for r in rows:
-        if r.get("repeats"):
-            means = [r["mean"]] + [statistics.mean(s.values()) for s in r["repeats"].values()]
-            seeds = ", ".join(["0", *r["repeats"]])
-            lines.append(f"{r['arch']}: mean dev over seeds {seeds}: {statistics.mean(means):.1f} ± "
-                         f"{statistics.stdev(means):.1f} (per seed {', '.join(f'{m:.1f}' for m in means)})")
+    averaged = [r for r in rows if r.get("repeats")]
+    for r in averaged:
+        means = [r["mean"]] + [statistics.mean(s.values()) for s in r["repeats"].values()]
+        seeds = ", ".join(["0", *r["repeats"]])
+        lines.append(f"{r['arch']}: mean dev over seeds {seeds}: {statistics.mean(means):.1f} ± "
+                     f"{statistics.stdev(means):.1f} (per seed {', '.join(f'{m:.1f}' for m in means)})")
+    if len(averaged) >= 3:  # the ground truth with the fine-tuning seeds' noise averaged out
+        over = lambda r, t: statistics.mean([r["scores"][t], *(s[t] for s in r["repeats"].values())])  # noqa: E731
+        errors = [-r["error"] for r in averaged]
+        lines.append(f"ρ(−ê, mean dev score averaged over seeds) over {len(averaged)}: "
+                     f"{spearman(errors, [statistics.mean(over(r, t) for t in tasks) for r in averaged]):.2f}; "
+                     + ", ".join(f"{t} {spearman(errors, [over(r, t) for r in averaged]):.2f}" for t in tasks))
     return lines
 
 
