@@ -129,18 +129,25 @@ def main() -> None:
     todo = [task for task in args.tasks if task not in record["rows"]]
     student = None
     for task in todo:  # a task's row is whole (its columns and every seed of its teacher) before the next begins
-        seconds: dict[str, float] = {}
+        # each stage's wall time is saved as it ends, so a row finished in a later session still counts the earlier
+        # sessions' stages (only a stage cut off in the middle loses the time it ran before the cut)
+        seconds: dict[str, float] = record.setdefault("unfinished_seconds", {}).setdefault(task, {})
         teacher_root = out / "teacher" / task
         teacher_dir = str(teacher_root / "plain" / "seed-0")
         timed(seconds, "teacher", finetune, default_source(), task, teacher_root, [0])
-        if student is None:
-            student = timed(record, "student_seconds", pretrain_student, arch, args, out)
+        save()
+        if student is None:  # pre-trained again in each session's new folder: its cost is one pre-training's
+            began = time.time()
+            student = pretrain_student(arch, args, out)
+            if time.time() - began > 60:  # not when this session's folder already held it
+                record["student_seconds"] = time.time() - began
         row = {"task": task, "metric": get_task(task).metrics[0], "machine": machine(),
                "date": time.strftime("%Y-%m-%d")}
         for labels, extra in (("hard", {"labeller": teacher_dir}), ("soft", {"teacher": teacher_dir,
                                                                             "uniform_control": True})):
             folder = out / f"agora-{labels}{recipe_name}" / task
             summary = timed(seconds, f"agora_{labels}", agora, student, task, folder, **extra)
+            save()
             row[f"agora_{labels}"], row["student_ms"] = summary["agora"], summary.get("cpu_latency_ms")
             row.update({k: summary[k] for k in ("plain", "distilled", "uniform") if k in summary})
             row[f"rounds_{labels}"] = {s: [r["generated"] for r in v["rounds"]] for s, v in summary["rounds"].items()}
@@ -152,6 +159,9 @@ def main() -> None:
                                "rows": side_by_side(Path(teacher_dir), out / f"agora-soft{recipe_name}" / task,
                                                    out / f"speed{recipe_name}.json")}
         record["rows"][task] = row
+        del record["unfinished_seconds"][task]
+        if not record["unfinished_seconds"]:
+            del record["unfinished_seconds"]
         save()
         print(f"{task}: row done at {(time.time() - started) / 60:.1f} min: "
               + "; ".join(f"{COLUMNS[c]} {cell(row[c], row['metric'])}" for c in COLUMNS), flush=True)
