@@ -185,6 +185,10 @@ def test_measured_speed_and_latency_constraint(tmp_path):
     assert all(float(r["latency_ms"]) > 0 for r in rows)
     assert result.constrained is not None and result.constrained.latency_ms <= 10.0
     assert result.summary["chosen"]["ratios_to_source"]["latency"] > 0
+    # the Python result names what chosen/ and result.json hold; the W-optimum is reported beside it
+    assert result.chosen is result.constrained and result.w_optimum is result.search.chosen
+    assert tuple(result.summary["chosen"]["arch"].values()) == result.chosen.arch
+    assert tuple(result.summary["w_optimum"]["arch"].values()) == result.w_optimum.arch
 
 
 def test_a_resumed_search_with_other_options_is_refused_before_any_timing(tmp_path, monkeypatch):
@@ -239,6 +243,7 @@ def test_a_measured_target_is_confirmed_side_by_side_with_the_source(tmp_path, m
     missed = extract(family="mlp", epsilon=0.5, theta="lr=3e-3", speed="measured", max_latency_ms=10.0,
                      output=str(tmp_path), progress=False, overwrite=True)
     assert missed.constrained is None and not missed.summary["target_met"]
+    assert missed.chosen is missed.w_optimum  # an unmet target leaves the W-optimum as the choice
     assert len(missed.summary["side_by_side"]) == len(missed.search.feasible)
 
 

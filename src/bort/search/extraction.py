@@ -48,10 +48,17 @@ class ExtractionResult:
 
     @property
     def chosen(self) -> Candidate:
+        """What `chosen/` and result.json's "chosen" hold: the target's choice, else the W-optimum."""
+        return self.search.constrained or self.search.chosen
+
+    @property
+    def w_optimum(self) -> Candidate:
+        """The paper's choice, the highest W, reported beside a target's."""
         return self.search.chosen
 
     @property
     def constrained(self) -> Candidate | None:
+        """The target's choice; None without a target or when no finalist met it."""
         return self.search.constrained
 
 
