@@ -114,7 +114,9 @@ def diagnosis(rows: list[dict], tasks: list[str]) -> list[str]:
         lines.append(f"{r['arch']}: mean dev over seeds {seeds}: {statistics.mean(means):.1f} ± "
                      f"{statistics.stdev(means):.1f} (per seed {', '.join(f'{m:.1f}' for m in means)})")
     if len(averaged) >= 3:  # the ground truth with the fine-tuning seeds' noise averaged out
-        over = lambda r, t: statistics.mean([r["scores"][t], *(s[t] for s in r["repeats"].values())])  # noqa: E731
+        def over(r: dict, t: str) -> float:
+            return statistics.mean([r["scores"][t], *(s[t] for s in r["repeats"].values())])
+
         errors = [-r["error"] for r in averaged]
         lines.append(f"ρ(−ê, mean dev score averaged over seeds) over {len(averaged)}: "
                      f"{spearman(errors, [statistics.mean(over(r, t) for t in tasks) for r in averaged]):.2f}; "
