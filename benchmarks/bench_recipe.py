@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import bort
-from bench_student import ALL_TASKS, REPO, machine, recipe
+from bench_student import ALL_TASKS, REPO, finetune, machine, recipe
 from bort import io
 from bort.io import default_source
 from bort.tasks import get_task
@@ -47,16 +47,14 @@ def parse(text: str) -> dict[str, float]:
     return {k: KEYS[k](v) for k, v in pairs}
 
 
-def save(path: Path, task: str, name: str, entry: dict) -> dict:
-    """Merge one finished run into the record under a lock (another process may hold other tasks); the merged
-    record."""
+def save(path: Path, task: str, name: str, entry: dict) -> None:
+    """Merge one finished run into the record under a lock (another process may hold other tasks)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         record = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
         record["rows"].setdefault(task, {})[name] = entry
         io.write_text(path, json.dumps(record, indent=1) + "\n")
-    return record
 
 
 def main() -> None:
@@ -92,8 +90,7 @@ def train(args: argparse.Namespace, record_path: Path) -> None:
     recipes = {name: parse(name) for name in args.recipes}
     for task in args.tasks:
         metric, teacher_root = get_task(task).metrics[0], out / "teacher" / task
-        teacher = bort.finetune(default_source(), task, str(teacher_root), resume=teacher_root.exists(),
-                                **recipe(args, task, [0])).summary
+        teacher = finetune(args, default_source(), task, teacher_root, [0])
         for name, settings in recipes.items():
             done = json.loads(record_path.read_text())["rows"].get(task, {}) if record_path.is_file() else {}
             if name in done and done[name]["seeds"] == args.seeds:

@@ -86,6 +86,11 @@ def recipe(args: argparse.Namespace, task: str, seeds: list[int]) -> dict:
                 max_train_samples=args.sst2_train if task == "SST-2" else None, progress=False)
 
 
+def finetune(args: argparse.Namespace, model: str, task: str, folder: Path, seeds: list[int]) -> dict:
+    """`bort finetune` with the recipe above, resumed where `folder` exists (the teachers of every benchmark)."""
+    return bort.finetune(model, task, str(folder), resume=folder.exists(), **recipe(args, task, seeds)).summary
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=os.environ.get("BORT_SHARED_DATA", str(REPO.parent / "shared" / "data")))
@@ -116,9 +121,6 @@ def main() -> None:
     record = load_record(record_path, setup)
     save = lambda: io.write_text(record_path, json.dumps(record, indent=1, default=str) + "\n")  # noqa: E731
 
-    def finetune(model: str, task: str, folder: Path, seeds: list[int]) -> dict:
-        return bort.finetune(model, task, str(folder), resume=folder.exists(), **recipe(args, task, seeds)).summary
-
     def agora(model: str, task: str, folder: Path, **extra) -> dict:
         """Θ = two learning rates, 3 rounds; `compare` trains the plain (or distilled) control."""
         return bort.agora(model, task, str(folder), resume=folder.exists(), compare=True, rounds=3,
@@ -134,7 +136,7 @@ def main() -> None:
         seconds: dict[str, float] = record.setdefault("unfinished_seconds", {}).setdefault(task, {})
         teacher_root = out / "teacher" / task
         teacher_dir = str(teacher_root / "plain" / "seed-0")
-        timed(seconds, "teacher", finetune, default_source(), task, teacher_root, [0])
+        timed(seconds, "teacher", finetune, args, default_source(), task, teacher_root, [0])
         save()
         if student is None:  # pre-trained again in each session's new folder: its cost is one pre-training's
             student = pretrain_student(arch, args, out)
@@ -150,7 +152,7 @@ def main() -> None:
             row.update({k: summary[k] for k in ("plain", "distilled", "uniform") if k in summary})
             row[f"rounds_{labels}"] = {s: [r["generated"] for r in v["rounds"]] for s, v in summary["rounds"].items()}
             row[f"labeller_dev_{labels}"], row["majority_dev"] = summary["labeller_dev"], summary["majority_dev"]
-        teacher = timed(seconds, "teacher", finetune, default_source(), task, teacher_root, args.seeds)
+        teacher = timed(seconds, "teacher", finetune, args, default_source(), task, teacher_root, args.seeds)
         row["teacher"], row["teacher_ms"], row["seconds"] = teacher["plain"], teacher.get("cpu_latency_ms"), seconds
         if "speed" not in record:  # the models a user deploys: the teacher and the student fine-tuned on one task
             record["speed"] = {"task": task, "machine": machine(),
