@@ -35,7 +35,7 @@ from bort import io
 from bort.io import default_source
 from bort.tasks import get_task
 
-KEYS = {"lr": float, "epochs": float, "hidden": float, "alpha": float, "temperature": float}
+KEYS = {"lr": float, "epochs": float, "hidden": float, "alpha": float, "temperature": float, "augment": float}
 OPTION = {"hidden": "hidden_weight"}  # the recipe's short names for bort.finetune's options
 
 

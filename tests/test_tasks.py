@@ -285,3 +285,29 @@ def test_finetune_with_a_teacher_distils_from_its_outputs(tmp_path, shared_data,
     text = capsys.readouterr().err
     assert code == 2 and "label set (entailment, not_entailment) differs from task CB" in text
     assert not (tmp_path / "cb").exists()
+
+
+def test_augmentation_adds_teacher_labelled_points_once_for_every_seed(tmp_path, shared_data, tiny_model, capsys):
+    """--augment 2: twice the train set in new points, each from a train point and with the teacher's soft outputs,
+    trained on with the train set; made once, reused by a resumed run, and a changed setting is refused."""
+    from bort.cli import main
+
+    out = tmp_path / "aug"
+    args = ["finetune", "--task", "rte", "--data-dir", str(shared_data), "--epochs", "1", "--batch-size", "8",
+            "--max-seq-len", "32", "--max-train-samples", "16", "--no-latency", "--quiet", "--model", str(tiny_model),
+            "--output", str(out), "--teacher-from", str(tiny_model), "--augment", "2", "--band", "0", "0.9999",
+            "--seeds", "0", "1"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "augmented.jsonl").open()]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(rows) == metrics["n_augmented"] == 32 and metrics["n_train"] == 16
+    assert all(len(r["soft"]) == 2 and r["example"]["label"] in ("entailment", "not_entailment")
+               and r["example"]["text"] + (r["example"]["pair"] or "") != r["source"]["text"] + r["source"]["pair"]
+               for r in rows)
+    for seed in (0, 1):  # every seed trains one pass over the 48 points: 6 steps of 8
+        assert json.loads((out / "distilled" / f"seed-{seed}" / "metrics.json").read_text())["steps"] == 6
+    mtime = (out / "augmented.jsonl").stat().st_mtime
+    assert main([*args, "--resume"]) == 0 and (out / "augmented.jsonl").stat().st_mtime == mtime
+    capsys.readouterr()
+    assert main([*args[:args.index("--augment") + 1], "3", *args[args.index("--augment") + 2:], "--resume"]) == 2
+    assert "--augment 3.0 now, 2.0 then" in capsys.readouterr().err

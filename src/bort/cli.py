@@ -136,7 +136,7 @@ def run_pretrain(settings: cfg.PretrainConfig, args: argparse.Namespace) -> None
 
 def run_finetune(settings: cfg.AgoraConfig, args: argparse.Namespace) -> None:
     from bort.api import agora, finetune
-    from bort.tasks.finetune import format_score
+    from bort.tasks.finetune import GENERATION_OPTIONS, format_score
 
     if args.agora:
         out = agora(settings.model, settings.task, settings.output, config=settings).summary
@@ -144,6 +144,9 @@ def run_finetune(settings: cfg.AgoraConfig, args: argparse.Namespace) -> None:
         if given := [cfg.flag_of(f) for f in fields(cfg.AgoraConfig) if f.name not in cfg.FinetuneConfig.names()
                      and f.name in vars(args)]:
             raise BortError(f"{', '.join(given)} only apply with --agora; add --agora or leave them out")
+        if not settings.augment and (given := [cfg.flag_of(f) for f in fields(cfg.FinetuneConfig)
+                                                if f.name in GENERATION_OPTIONS and f.name in vars(args)]):
+            raise BortError(f"{', '.join(given)} only apply with --augment or --agora; add one or leave them out")
         plain = cfg.make(cfg.FinetuneConfig, **{k: v for k, v in settings.to_dict().items()
                                                  if k in cfg.FinetuneConfig.names()})
         out = finetune(settings.model, settings.task, settings.output, config=plain).summary

@@ -242,6 +242,9 @@ class PretrainConfig(TrainConfig, DistillConfig):
                                    identity=False)
 
 
+GENERATED = "generated points (--augment, Agora)"
+
+
 @dataclass(kw_only=True)
 class FinetuneConfig(TrainConfig):
     """`bort finetune`: fine-tune a model on a task, once per seed."""
@@ -280,10 +283,26 @@ class FinetuneConfig(TrainConfig):
                                        "layer against the teacher's layer at the same relative depth, on every "
                                        "token; 0: logits only", minimum=0, group="task distillation",
                                 added=True)
+    augment: float = option(0.0, "with a teacher: add AUGMENT x the train set in new points made by --transform from "
+                                 "random train points and labelled by the teacher's outputs (TinyBERT's data "
+                                 "augmentation); 0: none", minimum=0, group="task distillation", added=True)
+    band: tuple[float, float] = option((0.80, 0.98), "keep generated points whose cosine similarity to the source lies "
+                                       "in [LOW, HIGH]", minimum=0, maximum=1, group=GENERATED, metavar=("LOW", "HIGH"))
+    transform: str = option("neighbour", "embedding nearest-neighbour token substitution, or masked-LM infilling",
+                            choices=("neighbour", "infill"), group=GENERATED)
+    replace_fraction: float = option(0.15, "share of word tokens a transform changes", above=0, maximum=1,
+                                     group=GENERATED)
+    infill_model: str | None = option(None, "masked-LM folder for --transform infill (e.g. a `bort pretrain` "
+                                            "output)", group=GENERATED)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         task_files(self)
+        if self.band[0] > self.band[1]:
+            raise BortError(f"--band LOW HIGH needs LOW <= HIGH, not {self.band[0]} {self.band[1]}")
+        if self.augment and not (self.teacher or self.teacher_from):
+            raise BortError("--augment needs a teacher to label the new points: add --teacher DIR (fine-tuned on the "
+                            "task) or --teacher-from MODEL")
         if self.teacher and self.teacher_from:
             raise BortError("pass one of --teacher DIR (fine-tuned on the task) or --teacher-from MODEL (fine-tuned "
                             "here first), not both")
@@ -302,14 +321,6 @@ class AgoraConfig(FinetuneConfig):
                                      "--epochs on top of those flags, or a JSON/YAML file", group="Agora")
     rounds: int = option(3, "Agora rounds", minimum=1, group="Agora")
     samples_per_mistake: int = option(4, "new points generated per mistake", minimum=1, group="Agora")
-    band: tuple[float, float] = option((0.80, 0.98), "keep generated points whose cosine similarity to the source lies "
-                                       "in [LOW, HIGH]", minimum=0, maximum=1, group="Agora", metavar=("LOW", "HIGH"))
-    transform: str = option("neighbour", "embedding nearest-neighbour token substitution, or masked-LM infilling",
-                            choices=("neighbour", "infill"), group="Agora")
-    replace_fraction: float = option(0.15, "share of word tokens a transform changes", above=0, maximum=1,
-                                     group="Agora")
-    infill_model: str | None = option(None, "masked-LM folder for --transform infill (e.g. a `bort pretrain` "
-                                            "output)", group="Agora")
     agora_dev_fraction: float = option(0.1, "share of the official train split carved out (stratified) as Agora's "
                                             "dev split: mistakes come from one half, the returned round is chosen "
                                             "on the other", above=0, maximum=0.9, group="Agora")
@@ -321,11 +332,6 @@ class AgoraConfig(FinetuneConfig):
                                           "generated, by the same transform from random train points, labelled the "
                                           "same way, with the same seeds, sets and optimizer steps", group="Agora",
                                   identity=False)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.band[0] > self.band[1]:
-            raise BortError(f"--band LOW HIGH needs LOW <= HIGH, not {self.band[0]} {self.band[1]}")
 
 
 @dataclass(kw_only=True)
@@ -451,10 +457,26 @@ class PipelineConfig(RunConfig):
     seeds: list[int] = like(FinetuneConfig, "seeds", [0])
     corpus: list[str] = like(DistillConfig, "corpus", [])
     max_train_samples: int | None = like(FinetuneConfig, "max_train_samples", None)
+    augment: float = option(0.0, "with a teacher: add AUGMENT x the train set in new points made by --transform from "
+                                 "random train points and labelled by the teacher's outputs (TinyBERT's data "
+                                 "augmentation); 0: none", minimum=0, group="task distillation", added=True)
+    band: tuple[float, float] = option((0.80, 0.98), "keep generated points whose cosine similarity to the source lies "
+                                       "in [LOW, HIGH]", minimum=0, maximum=1, group=GENERATED, metavar=("LOW", "HIGH"))
+    transform: str = option("neighbour", "embedding nearest-neighbour token substitution, or masked-LM infilling",
+                            choices=("neighbour", "infill"), group=GENERATED)
+    replace_fraction: float = option(0.15, "share of word tokens a transform changes", above=0, maximum=1,
+                                     group=GENERATED)
+    infill_model: str | None = option(None, "masked-LM folder for --transform infill (e.g. a `bort pretrain` "
+                                            "output)", group=GENERATED)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         task_files(self)
+        if self.band[0] > self.band[1]:
+            raise BortError(f"--band LOW HIGH needs LOW <= HIGH, not {self.band[0]} {self.band[1]}")
+        if self.augment and not (self.teacher or self.teacher_from):
+            raise BortError("--augment needs a teacher to label the new points: add --teacher DIR (fine-tuned on the "
+                            "task) or --teacher-from MODEL")
         timed_in_runtime(self)
         if not any(v is not None for v in (self.speedup, self.max_latency_ms, self.max_params)):
             self.speedup = DEFAULT_SPEEDUP

@@ -30,7 +30,15 @@ import numpy as np
 import torch
 
 from bort import io
-from bort.agora.transforms import Similarity, load_encoder, make_transform
+from bort.agora.transforms import (
+    Similarity,
+    grow,
+    label_points,
+    load_encoder,
+    make_transform,
+    neighbours,
+    uniform_points,
+)
 from bort.config import AgoraConfig, FinetuneConfig, parse_theta
 from bort.errors import BortError
 from bort.tasks import finetune as ft
@@ -86,21 +94,6 @@ def mistakes(task: Task, examples: list[Example], predictions: Any, tolerance: f
     if task.kind == "regression":
         return [i for i, (e, p) in enumerate(zip(examples, predictions, strict=True)) if abs(p - e.label) > tolerance]
     return [i for i, (e, p) in enumerate(zip(examples, predictions, strict=True)) if task.label_index(e.label) != p]
-
-
-def neighbours(example: Example, transform, similarity: Similarity, n: int, band: tuple[float, float],
-               rng: random.Random, oversample: int = 4) -> list[tuple[Example, str, float]]:
-    """Up to n new points near `example`: one segment transformed, similarity to that segment inside the band."""
-    segment = rng.choice(["text", "pair"] if example.pair else ["text"])
-    original = getattr(example, segment)
-    candidates = list(dict.fromkeys(c for c in transform(original, n * oversample, rng) if c and c != original))
-    kept = []
-    for text, sim in zip(candidates, similarity(original, candidates) if candidates else [], strict=True):
-        if band[0] <= sim <= band[1]:
-            kept.append((replace(example, **{segment: text}, label=None, idx=None), segment, round(sim, 4)))
-        if len(kept) == n:
-            break
-    return kept
 
 
 class AgoraRun:
@@ -194,41 +187,6 @@ class AgoraRun:
             io.rewrite_jsonl(path, rows)
 
 
-def label_points(labeller: TaskTeacher, rows: list[dict[str, Any]], soft: bool) -> None:
-    """The labeller's label of each generated point, and with `soft` its raw outputs (the distillation target)."""
-    outputs = labeller.outputs([Example.from_json(row["example"]) for row in rows])
-    for row, label, output in zip(rows, labeller.labels_of(outputs), outputs, strict=True):
-        row["example"]["label"] = label
-        if soft:
-            row["soft"] = output.tolist()
-
-
-def grow(train: list[Example], soft: np.ndarray | None, rows: list[dict[str, Any]]
-         ) -> tuple[list[Example], np.ndarray | None]:
-    """The train part plus generated points, with their soft targets when the run distils."""
-    grown = train + [Example.from_json(row["example"]) for row in rows]
-    if soft is None:
-        return grown, None
-    return grown, np.concatenate([soft, np.asarray([row["soft"] for row in rows], dtype=soft.dtype).reshape(
-        (len(rows), *soft.shape[1:]))])
-
-
-def uniform_points(train: list[Example], n: int, seed: int, transform, similarity: Similarity,
-                   band: tuple[float, float], per_point: int) -> list[dict[str, Any]]:
-    """The uniform-augmentation control: `n` points made by the same transform and band from random train points
-    (not from mistakes). It separates what Agora's focus on mistakes buys from what any augmentation buys."""
-    rng, rows = random.Random(seed * 7919 + 1), []
-    for _ in range(20 * max(n, 1)):  # points whose neighbours all fall outside the band give nothing
-        if len(rows) >= n:
-            break
-        i = rng.randrange(len(train))
-        for new, segment, sim in neighbours(train[i], transform, similarity, min(per_point, n - len(rows)), band,
-                                            rng):
-            rows.append({"round": None, "source_index": i, "source": train[i].to_json(), "segment": segment,
-                         "similarity": sim, "example": new.to_json()})
-    return rows
-
-
 def _agreement(rows: list[dict[str, Any]]) -> float | None:
     """Share of generated points the labeller gave their source point's label (how far the band reaches)."""
     return round(sum(r["example"]["label"] == r["source"]["label"] for r in rows) / len(rows), 4) if rows else None
@@ -243,6 +201,9 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
     its hard labels (the paper's way). Returns what <output>/metrics.json holds: `agora` (and the controls) per seed
     and mean ± std on the official dev split, the labeller's official-dev scores beside the majority-class score,
     and each seed's rounds. The best seed's returned model is copied to <output>/."""
+    if config.augment:
+        raise BortError("--augment is for task distillation without --agora (Agora generates its own points, near its "
+                        "mistakes); leave out --augment or --agora")
     given = [flag for flag, value in (("--labeller", config.labeller), ("--labeller-from", config.labeller_from),
                                       ("--teacher", config.teacher), ("--teacher-from", config.teacher_from)) if value]
     if len(given) != 1:

@@ -1,4 +1,6 @@
-"""Agora's neighbour generation: new points near a mistake, by a transformation in a representation space.
+"""Generated points: new points near a given one, by a transformation in a representation space. Agora makes them
+near its mistakes; `bort finetune --augment` (TinyBERT's data augmentation) and Agora's uniform control near random
+train points; a labeller or teacher labels them.
 
 Two transformations:
 - `neighbour`: replace a fraction of the words' tokens by one of their k nearest neighbours (cosine) in the
@@ -13,13 +15,19 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bort import io
 from bort.errors import BortError
+from bort.tasks.registry import Example
+
+if TYPE_CHECKING:
+    from bort.tasks.teacher import TaskTeacher
 
 TRANSFORMS = ("neighbour", "infill")
 
@@ -155,3 +163,55 @@ def make_transform(name: str, encoder: torch.nn.Module, tokenizer: Any, fraction
         mlm = io.load_model(infill_model, "masked-lm", config)
         return MaskedInfilling(mlm, io.load_tokenizer(infill_model), fraction, max(k, 2))
     raise BortError(f"unknown transform '{name}'; choose one of {', '.join(TRANSFORMS)}")
+
+
+def neighbours(example: Example, transform, similarity: Similarity, n: int, band: tuple[float, float],
+               rng: random.Random, oversample: int = 4) -> list[tuple[Example, str, float]]:
+    """Up to n new points near `example`: one segment transformed, similarity to that segment inside the band."""
+    segment = rng.choice(["text", "pair"] if example.pair else ["text"])
+    original = getattr(example, segment)
+    candidates = list(dict.fromkeys(c for c in transform(original, n * oversample, rng) if c and c != original))
+    kept = []
+    for text, sim in zip(candidates, similarity(original, candidates) if candidates else [], strict=True):
+        if band[0] <= sim <= band[1]:
+            kept.append((replace(example, **{segment: text}, label=None, idx=None), segment, round(sim, 4)))
+        if len(kept) == n:
+            break
+    return kept
+
+
+def label_points(labeller: TaskTeacher, rows: list[dict[str, Any]], soft: bool) -> None:
+    """The labeller's label of each generated point, and with `soft` its raw outputs (the distillation target)."""
+    outputs = labeller.outputs([Example.from_json(row["example"]) for row in rows])
+    for row, label, output in zip(rows, labeller.labels_of(outputs), outputs, strict=True):
+        row["example"]["label"] = label
+        if soft:
+            row["soft"] = output.tolist()
+
+
+def grow(train: list[Example], soft: np.ndarray | None, rows: list[dict[str, Any]]
+         ) -> tuple[list[Example], np.ndarray | None]:
+    """The train part plus generated points, with their soft targets when the run distils."""
+    grown = train + [Example.from_json(row["example"]) for row in rows]
+    if soft is None:
+        return grown, None
+    return grown, np.concatenate([soft, np.asarray([row["soft"] for row in rows], dtype=soft.dtype).reshape(
+        (len(rows), *soft.shape[1:]))])
+
+
+def uniform_points(train: list[Example], n: int, seed: int, transform, similarity: Similarity,
+                   band: tuple[float, float], per_point: int, progress: bool = False) -> list[dict[str, Any]]:
+    """`n` points made by the transform and band from random train points (not from mistakes): Agora's uniform
+    control, which separates what Agora's focus on mistakes buys from what any augmentation buys, and `--augment`."""
+    rng, rows = random.Random(seed * 7919 + 1), []
+    with io.progress_bar(n, "generate points", progress, unit="point") as bar:
+        for _ in range(20 * max(n, 1)):  # points whose neighbours all fall outside the band give nothing
+            if len(rows) >= n:
+                break
+            i = rng.randrange(len(train))
+            for new, segment, sim in neighbours(train[i], transform, similarity, min(per_point, n - len(rows)), band,
+                                                rng):
+                rows.append({"round": None, "source_index": i, "source": train[i].to_json(), "segment": segment,
+                             "similarity": sim, "example": new.to_json()})
+                bar.update()
+    return rows

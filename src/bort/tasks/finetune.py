@@ -31,6 +31,7 @@ from bort.tasks.registry import Example, Task, get_task
 
 DONE = "train_state.json"  # written last: its presence means the folder holds a finished model
 DISTILLATION_OPTIONS = ("teacher", "teacher_from", "alpha", "temperature", "hidden_weight")
+GENERATION_OPTIONS = ("band", "transform", "replace_fraction", "infill_model")  # how --augment and Agora make points
 
 
 def load_task_model(source: str | os.PathLike, task: Task) -> torch.nn.Module:
@@ -133,7 +134,8 @@ def train(source: str | os.PathLike, task: Task, examples: list[Example], config
     batches = TaskBatches(task, examples, tokenizer, config, None if soft is None else torch.as_tensor(soft).float())
     world = io.process()[1]
     steps = batches.steps(world)
-    unused = DISTILLATION_OPTIONS if soft is None else ()  # they change nothing in a run without a teacher
+    # options that change nothing in this run: distillation without a teacher, generation without augmentation
+    unused = (DISTILLATION_OPTIONS if soft is None else ()) + (GENERATION_OPTIONS if not config.augment else ())
     fingerprint = io.strict_json({**{k: v for k, v in config.identity().items() if k in FinetuneConfig.names()
                                      and k not in unused},
                                   "max_steps": steps, "source": str(source),
@@ -307,7 +309,7 @@ def fine_tuned_teacher(config: FinetuneConfig, task: Task, data: TaskData, out: 
     plain, the run's settings) in `out/<role>`, with its official-dev scores."""
     if given or not start_from:
         return given, None
-    folder, cfg = out / role, replace(config, seed=0, teacher=None, teacher_from=None)
+    folder, cfg = out / role, replace(config, seed=0, teacher=None, teacher_from=None, augment=0.0)
     tokenizer = io.load_tokenizer(start_from)
     net, steps = train(str(start_from), task, data.train, cfg, folder, resume=True, tokenizer=tokenizer)
     metrics = finish_run(net, tokenizer, data, cfg, folder, start_from, steps, role) if io.is_main() else None
@@ -352,6 +354,33 @@ def hidden_teacher(teacher: Any, tokenizer: Any, config: FinetuneConfig) -> torc
     return teacher.model
 
 
+def augmented(config: FinetuneConfig, source: str, tokenizer: Any, teacher: Any, train: list[Example],
+              soft: np.ndarray, out: Path) -> tuple[list[Example], np.ndarray]:
+    """TinyBERT's data augmentation: `config.augment` x the train set in new points, each made by `config.transform`
+    from a random train point (within `config.band`) and labelled by the teacher's outputs; the train set plus them,
+    with their soft targets. Made once in <output>/augmented.jsonl (the same for every seed) and reused on resume;
+    augmented.json, written after it, records how, so a resumed run with other settings is refused."""
+    from bort.agora.transforms import Similarity, grow, label_points, load_encoder, make_transform, uniform_points
+
+    path, made = out / "augmented.jsonl", out / "augmented.json"
+    how = {"augment": config.augment, "n_train": len(train), "teacher": str(teacher.folder),
+           **{k: getattr(config, k) for k in GENERATION_OPTIONS}}
+    if made.is_file():
+        io.same_settings(io.read_json(made), how, f"the augmented points in {out}")
+    elif io.is_main():
+        encoder = load_encoder(source)
+        changer = make_transform(config.transform, encoder, tokenizer, config.replace_fraction, config.infill_model)
+        # one new point per draw: the sources spread over the whole train set
+        rows = uniform_points(train, round(config.augment * len(train)), 0, changer,
+                              Similarity(encoder, tokenizer, config.max_seq_len), config.band, 1, config.progress)
+        label_points(teacher, rows, soft=True)
+        io.rewrite_jsonl(path, rows)
+        io.write_json(made, io.strict_json(how))
+    io.barrier()  # every process reads what process 0 wrote
+    rows = io.read_jsonl(path)
+    return grow(train, soft, rows)
+
+
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune `config.model` on `config.task` once per seed; official-dev metrics per seed and mean ± std. Writes
     `<output>/plain/seed-<s>/` (`distilled/` with a teacher: a stock model folder with card, metrics, dev predictions
@@ -375,16 +404,20 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         soft = teacher.outputs(data.train)
         if teacher_dev is None and io.is_main():
             teacher_dev = teacher_score(teacher, data, config)
+    train_rows = data.train
+    if config.augment:  # the new points and the teacher's outputs for them, once, shared by every seed
+        train_rows, soft = augmented(config, source, tokenizer, teacher, data.train, soft, out)
     method = "distilled" if soft is not None else "plain"
     hidden = hidden_teacher(teacher, tokenizer, config) if soft is not None else None  # once, shared by every seed
     weight = f", hidden-state weight {config.hidden_weight}" if config.hidden_weight else ""
-    note = f"Task distillation from `{teacher_dir}` (alpha {config.alpha}, T {config.temperature}{weight})." \
+    extra = f"; {len(train_rows) - len(data.train)} augmented points" if config.augment else ""
+    note = f"Task distillation from `{teacher_dir}` (alpha {config.alpha}, T {config.temperature}{weight}{extra})." \
         if soft is not None else ""
     runs, folders, first = {}, {}, None
     for seed in config.seeds:
         cfg = replace(config, seed=seed)
         folders[seed] = out / method / f"seed-{seed}"
-        net, steps = train(source, spec, data.train, cfg, folders[seed], resume=config.resume, tokenizer=tokenizer,
+        net, steps = train(source, spec, train_rows, cfg, folders[seed], resume=config.resume, tokenizer=tokenizer,
                            soft=soft, teacher=hidden)
         if io.is_main():
             runs[seed] = finish_run(net, tokenizer, data, cfg, folders[seed], source, steps, method, note)
@@ -397,6 +430,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     if teacher_dir is not None:
         result.update(teacher=teacher_dir, teacher_dev=teacher_dev, alpha=config.alpha, temperature=config.temperature,
                       hidden_weight=config.hidden_weight)
+    if config.augment:
+        result.update(augment=config.augment, n_augmented=len(train_rows) - len(data.train))
     if config.measure_latency and first is not None:
         result.update(latency_of(first, tokenizer, spec))
     io.write_json(out / "metrics.json", result)
