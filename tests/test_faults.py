@@ -296,6 +296,7 @@ def test_damaged_weights_are_one_line_in_every_command(tmp_path, capsys, shared_
     (["finetune", "--task", "rte", "--agora", "--teacher", "t", "--augment", "2"],
      "--augment is for task distillation without --agora"),
     (["finetune", "--task", "rte", "--band", "0.5", "0.9"], "--band only apply with --augment or --agora"),
+    (["finetune", "--task", "rte", "--agora", "--transform", "infill"], "--transform infill needs --infill-model"),
     (["pretrain", "--arch", "1,2,32,64", "--mask-prob", "1.5"], "--mask-prob must be at most 1"),
     (["pretrain", "--arch", "100000,12,768,3072"], "GiB to train, more than this machine's"),
     (["bench", "--models", "bert-base", "--threads", "-3"], "--threads must be at least 1"),

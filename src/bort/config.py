@@ -300,6 +300,9 @@ class FinetuneConfig(TrainConfig):
         task_files(self)
         if self.band[0] > self.band[1]:
             raise BortError(f"--band LOW HIGH needs LOW <= HIGH, not {self.band[0]} {self.band[1]}")
+        if self.transform == "infill" and not self.infill_model:
+            raise BortError("--transform infill needs --infill-model DIR, a masked-LM (a `bort pretrain` output keeps "
+                            "its MLM head)")
         if self.augment and not (self.teacher or self.teacher_from):
             raise BortError("--augment needs a teacher to label the new points: add --teacher DIR (fine-tuned on the "
                             "task) or --teacher-from MODEL")
@@ -474,6 +477,9 @@ class PipelineConfig(RunConfig):
         task_files(self)
         if self.band[0] > self.band[1]:
             raise BortError(f"--band LOW HIGH needs LOW <= HIGH, not {self.band[0]} {self.band[1]}")
+        if self.transform == "infill" and not self.infill_model:
+            raise BortError("--transform infill needs --infill-model DIR, a masked-LM (a `bort pretrain` output keeps "
+                            "its MLM head)")
         if self.augment and not (self.teacher or self.teacher_from):
             raise BortError("--augment needs a teacher to label the new points: add --teacher DIR (fine-tuned on the "
                             "task) or --teacher-from MODEL")

@@ -392,6 +392,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     tokenizer = task_tokenizer(source, config.max_seq_len)
     teacher = check_teacher(config.teacher, config.teacher_from, spec, config.max_seq_len)
     hidden_teacher(teacher, tokenizer, config)  # a given teacher with another vocabulary fails before any work
+    if config.augment and config.infill_model:
+        io.check_weights(config.infill_model)
     inputs = (config.model, config.data_dir, config.train_file, config.dev_file, config.test_file, config.teacher,
               config.teacher_from)
     out = io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs)
