@@ -58,23 +58,31 @@ class NeighbourSubstitution:
         usable = torch.tensor([i not in special and t is not None and t.lstrip("#").lstrip("Ġ▁").isalpha()
                                for i, t in enumerate(vocab)])
         piece = torch.tensor([t is not None and t.startswith("##") for t in vocab])
-        self.pools = {False: torch.nonzero(usable & ~piece).squeeze(1), True: torch.nonzero(usable & piece).squeeze(1)}
+        pools = {False: torch.nonzero(usable & ~piece).squeeze(1), True: torch.nonzero(usable & piece).squeeze(1)}
+        self.pools = {kind: (ids, self.unit[ids]) for kind, ids in pools.items()}  # ids and their unit vectors
         self.vocab, self.cache = vocab, {}
 
     def neighbours(self, token_id: int) -> list[int]:
-        if token_id not in self.cache:
-            token = self.vocab[token_id] or ""
-            pool = self.pools[token.startswith("##")]
-            sims = self.unit[pool] @ self.unit[token_id]
-            top = pool[sims.topk(min(self.k + 1, len(pool))).indices].tolist()
-            self.cache[token_id] = [t for t in top if t != token_id][: self.k]
+        self.look_up([token_id])
         return self.cache[token_id]
+
+    def look_up(self, token_ids: list[int]) -> None:
+        """Cache the k nearest neighbours of every token not yet looked up, one matrix product per pool: the pool's
+        vectors are read once per text, not once per token (one at a time took 88% of the time of --augment)."""
+        missing = sorted({t for t in token_ids if t not in self.cache})
+        for piece, (pool, vectors) in self.pools.items():
+            if not (ids := [t for t in missing if (self.vocab[t] or "").startswith("##") == piece]):
+                continue
+            top = pool[(self.unit[ids] @ vectors.T).topk(min(self.k + 1, len(pool)), dim=1).indices].tolist()
+            for token, row in zip(ids, top, strict=True):
+                self.cache[token] = [t for t in row if t != token][: self.k]
 
     def __call__(self, text: str, n: int, rng: random.Random) -> list[str]:
         ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=512)["input_ids"]
         positions = _word_positions(self.tokenizer, ids)
         if not positions:
             return []
+        self.look_up([ids[p] for p in positions])
         out = []
         for _ in range(n):
             new = list(ids)
