@@ -283,9 +283,9 @@ class FinetuneConfig(TrainConfig):
                                        "layer against the teacher's layer at the same relative depth, on every "
                                        "token; 0: logits only", minimum=0, group="task distillation",
                                 added=True)
-    augment: float = option(0.0, "with a teacher: add AUGMENT x the train set in new points made by --transform from "
-                                 "random train points and labelled by the teacher's outputs (TinyBERT's data "
-                                 "augmentation); 0: none", minimum=0, group="task distillation", added=True)
+    augment: float = option(0.0, "with a teacher: add N x the train set in new points made by --transform from random "
+                                 "train points and labelled by the teacher's outputs (TinyBERT's data augmentation); "
+                                 "0: none", minimum=0, group="task distillation", metavar="N", added=True)
     band: tuple[float, float] = option((0.80, 0.98), "keep generated points whose cosine similarity to the source lies "
                                        "in [LOW, HIGH]", minimum=0, maximum=1, group=GENERATED, metavar=("LOW", "HIGH"))
     transform: str = option("neighbour", "embedding nearest-neighbour token substitution, or masked-LM infilling",
@@ -460,9 +460,9 @@ class PipelineConfig(RunConfig):
     seeds: list[int] = like(FinetuneConfig, "seeds", [0])
     corpus: list[str] = like(DistillConfig, "corpus", [])
     max_train_samples: int | None = like(FinetuneConfig, "max_train_samples", None)
-    augment: float = option(0.0, "with a teacher: add AUGMENT x the train set in new points made by --transform from "
-                                 "random train points and labelled by the teacher's outputs (TinyBERT's data "
-                                 "augmentation); 0: none", minimum=0, group="task distillation", added=True)
+    augment: float = option(0.0, "with a teacher: add N x the train set in new points made by --transform from random "
+                                 "train points and labelled by the teacher's outputs (TinyBERT's data augmentation); "
+                                 "0: none", minimum=0, group="task distillation", metavar="N", added=True)
     band: tuple[float, float] = option((0.80, 0.98), "keep generated points whose cosine similarity to the source lies "
                                        "in [LOW, HIGH]", minimum=0, maximum=1, group=GENERATED, metavar=("LOW", "HIGH"))
     transform: str = option("neighbour", "embedding nearest-neighbour token substitution, or masked-LM infilling",
