@@ -189,6 +189,24 @@ def test_hidden_state_distillation_from_a_teacher_with_another_vocabulary_is_one
     assert main([*args, "--hidden-weight", "0"]) == 0
 
 
+def test_augmenting_with_an_infill_model_without_a_masked_lm_head_is_one_line_before_the_teacher(
+        tmp_path, capsys, shared_data, tiny_model):
+    """--augment's transform is built before any work: a classifier as --infill-model is refused before
+    --teacher-from trains the teacher, and the fix the line names (an ...ForMaskedLM model) runs."""
+    classifier = tmp_path / "classifier"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2).save_pretrained(classifier)
+    out = tmp_path / "run"
+    args = [*finetune_args(tiny_model, shared_data, out, "--teacher-from", str(tiny_model), "--augment", "0.5",
+                           "--transform", "infill", "--band", "0", "0.9999"), "--max-steps", "2"]
+    args[args.index("stsb")] = "rte"
+    capsys.readouterr()
+    assert "has no masked-LM head; pass an ...ForMaskedLM model" in one_line(capsys, *args, "--infill-model",
+                                                                             str(classifier))
+    assert not out.exists()
+    assert main([*args, "--infill-model", str(tiny_model)]) == 0
+    assert (out / "augmented.jsonl").read_text().count("\n") == 32  # 0.5 x 64 train points
+
+
 def test_a_run_without_model_is_continued_by_one_naming_the_default(tmp_path, capsys, monkeypatch, shared_data,
                                                                      tiny_model):
     """`bort finetune` without --model and `bort.finetune(default_source(), ...)` are the same run, in either
@@ -293,8 +311,7 @@ def test_damaged_weights_are_one_line_in_every_command(tmp_path, capsys, shared_
     (["finetune", "--task", "rte", "--max-steps", "0"], "--max-steps must be at least 1"),
     (["finetune", "--task", "mine", "--train", "train.csv"], "--train needs --dev"),
     (["finetune", "--task", "rte", "--augment", "2"], "--augment needs a teacher to label the new points"),
-    (["finetune", "--task", "rte", "--agora", "--teacher", "t", "--augment", "2"],
-     "--augment is for task distillation without --agora"),
+    (["finetune", "--task", "rte", "--agora", "--augment", "2"], "--augment is for task distillation without --agora"),
     (["finetune", "--task", "rte", "--band", "0.5", "0.9"], "--band only apply with --augment or --agora"),
     (["finetune", "--task", "rte", "--agora", "--transform", "infill"], "--transform infill needs --infill-model"),
     (["pretrain", "--arch", "1,2,32,64", "--mask-prob", "1.5"], "--mask-prob must be at most 1"),

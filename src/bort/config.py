@@ -303,9 +303,6 @@ class FinetuneConfig(TrainConfig):
         if self.transform == "infill" and not self.infill_model:
             raise BortError("--transform infill needs --infill-model DIR, a masked-LM (a `bort pretrain` output keeps "
                             "its MLM head)")
-        if self.augment and not (self.teacher or self.teacher_from):
-            raise BortError("--augment needs a teacher to label the new points: add --teacher DIR (fine-tuned on the "
-                            "task) or --teacher-from MODEL")
         if self.teacher and self.teacher_from:
             raise BortError("pass one of --teacher DIR (fine-tuned on the task) or --teacher-from MODEL (fine-tuned "
                             "here first), not both")
@@ -460,29 +457,10 @@ class PipelineConfig(RunConfig):
     seeds: list[int] = like(FinetuneConfig, "seeds", [0])
     corpus: list[str] = like(DistillConfig, "corpus", [])
     max_train_samples: int | None = like(FinetuneConfig, "max_train_samples", None)
-    augment: float = option(0.0, "with a teacher: add N x the train set in new points made by --transform from random "
-                                 "train points and labelled by the teacher's outputs (TinyBERT's data augmentation); "
-                                 "0: none", minimum=0, group="task distillation", metavar="N", added=True)
-    band: tuple[float, float] = option((0.80, 0.98), "keep generated points whose cosine similarity to the source lies "
-                                       "in [LOW, HIGH]", minimum=0, maximum=1, group=GENERATED, metavar=("LOW", "HIGH"))
-    transform: str = option("neighbour", "embedding nearest-neighbour token substitution, or masked-LM infilling",
-                            choices=("neighbour", "infill"), group=GENERATED)
-    replace_fraction: float = option(0.15, "share of word tokens a transform changes", above=0, maximum=1,
-                                     group=GENERATED)
-    infill_model: str | None = option(None, "masked-LM folder for --transform infill (e.g. a `bort pretrain` "
-                                            "output)", group=GENERATED)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         task_files(self)
-        if self.band[0] > self.band[1]:
-            raise BortError(f"--band LOW HIGH needs LOW <= HIGH, not {self.band[0]} {self.band[1]}")
-        if self.transform == "infill" and not self.infill_model:
-            raise BortError("--transform infill needs --infill-model DIR, a masked-LM (a `bort pretrain` output keeps "
-                            "its MLM head)")
-        if self.augment and not (self.teacher or self.teacher_from):
-            raise BortError("--augment needs a teacher to label the new points: add --teacher DIR (fine-tuned on the "
-                            "task) or --teacher-from MODEL")
         timed_in_runtime(self)
         if not any(v is not None for v in (self.speedup, self.max_latency_ms, self.max_params)):
             self.speedup = DEFAULT_SPEEDUP

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -29,6 +30,7 @@ from bort.tasks.generic import file_task
 from bort.tasks.metrics import compute, mean_std
 from bort.tasks.registry import Example, Task, get_task
 
+log = logging.getLogger("bort")
 DONE = "train_state.json"  # written last: its presence means the folder holds a finished model
 DISTILLATION_OPTIONS = ("teacher", "teacher_from", "alpha", "temperature", "hidden_weight")
 GENERATION_OPTIONS = ("band", "transform", "replace_fraction", "infill_model")  # how --augment and Agora make points
@@ -354,25 +356,39 @@ def hidden_teacher(teacher: Any, tokenizer: Any, config: FinetuneConfig) -> torc
     return teacher.model
 
 
-def augmented(config: FinetuneConfig, source: str, tokenizer: Any, teacher: Any, train: list[Example],
+def generator(config: FinetuneConfig, source: str, tokenizer: Any) -> tuple[Any, Any] | None:
+    """--augment's transform and similarity (None without it), built on every process before any work, so that a bad
+    --infill-model is one line then and not a failure on process 0 after the teacher was trained."""
+    if not config.augment:
+        return None
+    from bort.agora.transforms import Similarity, load_encoder, make_transform
+
+    if config.infill_model:
+        io.check_weights(config.infill_model)
+    encoder = load_encoder(source)
+    return (make_transform(config.transform, encoder, tokenizer, config.replace_fraction, config.infill_model),
+            Similarity(encoder, tokenizer, config.max_seq_len))
+
+
+def augmented(config: FinetuneConfig, made_by: tuple[Any, Any], teacher: Any, train: list[Example],
               soft: np.ndarray, out: Path) -> tuple[list[Example], np.ndarray]:
     """TinyBERT's data augmentation: `config.augment` x the train set in new points, each made by `config.transform`
     from a random train point (within `config.band`) and labelled by the teacher's outputs; the train set plus them,
     with their soft targets. Made once in <output>/augmented.jsonl (the same for every seed) and reused on resume;
     augmented.json, written after it, records how, so a resumed run with other settings is refused."""
-    from bort.agora.transforms import Similarity, grow, label_points, load_encoder, make_transform, uniform_points
+    from bort.agora.transforms import grow, label_points, uniform_points
 
-    path, made = out / "augmented.jsonl", out / "augmented.json"
-    how = {"augment": config.augment, "n_train": len(train), "teacher": str(teacher.folder),
+    path, made, wanted = out / "augmented.jsonl", out / "augmented.json", round(config.augment * len(train))
+    how = {"augment": config.augment, "n_train": len(train), "teacher": config.teacher or config.teacher_from,
            **{k: getattr(config, k) for k in GENERATION_OPTIONS}}
     if made.is_file():
         io.same_settings(io.read_json(made), how, f"the augmented points in {out}")
     elif io.is_main():
-        encoder = load_encoder(source)
-        changer = make_transform(config.transform, encoder, tokenizer, config.replace_fraction, config.infill_model)
         # one new point per draw: the sources spread over the whole train set
-        rows = uniform_points(train, round(config.augment * len(train)), 0, changer,
-                              Similarity(encoder, tokenizer, config.max_seq_len), config.band, 1, config.progress)
+        rows = uniform_points(train, wanted, 0, *made_by, config.band, 1, config.progress)
+        if len(rows) < wanted:
+            log.warning("--augment %g: %d new points, not %d; the transform's candidates fell outside --band %g %g",
+                        config.augment, len(rows), wanted, *config.band)
         label_points(teacher, rows, soft=True)
         io.rewrite_jsonl(path, rows)
         io.write_json(made, io.strict_json(how))
@@ -386,16 +402,18 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     `<output>/plain/seed-<s>/` (`distilled/` with a teacher: a stock model folder with card, metrics, dev predictions
     and test submission files), the teacher in `<output>/teacher/` with `teacher_from`, the best seed's model at
     `<output>/`, and `<output>/metrics.json`."""
+    if config.augment and not (config.teacher or config.teacher_from):
+        raise BortError("--augment needs a teacher to label the new points: add --teacher DIR (fine-tuned on the "
+                        "task) or --teacher-from MODEL")
     source = str(config.model) if config.model else io.default_source()
     spec = resolve_task(config.task, **config.task_files())
     data = load_data(spec, config.data_dir, config.max_train_samples)
     tokenizer = task_tokenizer(source, config.max_seq_len)
     teacher = check_teacher(config.teacher, config.teacher_from, spec, config.max_seq_len)
     hidden_teacher(teacher, tokenizer, config)  # a given teacher with another vocabulary fails before any work
-    if config.augment and config.infill_model:
-        io.check_weights(config.infill_model)
+    made_by = generator(config, source, tokenizer)
     inputs = (config.model, config.data_dir, config.train_file, config.dev_file, config.test_file, config.teacher,
-              config.teacher_from)
+              config.teacher_from, config.infill_model)
     out = io.prepare_output(config.output, "finetune", config.resume, config.overwrite, inputs)
     teacher_dir, teacher_dev = fine_tuned_teacher(config, spec, data, out, config.teacher, config.teacher_from)
     soft = None
@@ -408,7 +426,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
             teacher_dev = teacher_score(teacher, data, config)
     train_rows = data.train
     if config.augment:  # the new points and the teacher's outputs for them, once, shared by every seed
-        train_rows, soft = augmented(config, source, tokenizer, teacher, data.train, soft, out)
+        train_rows, soft = augmented(config, made_by, teacher, data.train, soft, out)
     method = "distilled" if soft is not None else "plain"
     hidden = hidden_teacher(teacher, tokenizer, config) if soft is not None else None  # once, shared by every seed
     weight = f", hidden-state weight {config.hidden_weight}" if config.hidden_weight else ""
