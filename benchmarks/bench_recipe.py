@@ -1,5 +1,5 @@
 """The student's task-distillation recipe: `bort finetune --teacher` of the same pre-trained student from the same
-teacher, under several recipes (learning rate, epochs, the hidden-state term, α, T), side by side per task.
+teacher, under several recipes (learning rate, epochs, the hidden-state term, α, T, --augment), side by side per task.
 
 bench_student's rows showed the 2-layer student far below its teacher where the task needs more than 3 epochs at one
 learning rate (STS-B 72%, CoLA 42% of the teacher), and the hidden-state comparison of RESULTS.md (the recipes
@@ -65,7 +65,8 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["STS-B", "MRPC", "CoLA"], choices=ALL_TASKS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--recipes", nargs="+", default=["lr=3e-4,epochs=3", "lr=3e-4,epochs=10", "lr=1e-3,epochs=10"],
-                   help="each KEY=VALUE,...: lr, epochs, hidden (the hidden-state weight), alpha, temperature; the "
+                   help="each KEY=VALUE,...: lr, epochs, hidden (the hidden-state weight), alpha, temperature, augment "
+                        "(--augment N: teacher-labelled points, N x the train set; epochs count passes over both); the "
                         "rest is bench_student's recipe (batch 32 x 128, α 0.5, T 2, logits only)")
     p.add_argument("--record", default=str(REPO / "benchmarks" / "results" / "bench_recipe.json"))
     p.add_argument("--sst2-train", type=int, default=20_000)
