@@ -8,7 +8,8 @@ before the expensive Agora rows are run again with it.
 
 It shares `bench_student.py`'s folder and recipe: the teacher of a task is `<output>/teacher/<task>` (MiniLM fine-tuned
 on the full train split, seed 0; trained here if missing, and then reused by bench_student), the student is
-`<output>/student` (bench_student's pre-trained student; pass --student for another). Every student run trains on the
+`<output>/student` (bench_student's pre-trained student; pass --student DIR --label NAME for another, whose runs
+are recorded as NAME:RECIPE). Every student run trains on the
 full official train split and is scored on the official dev split. Finished runs go into --record (small JSON,
 committed), so the study continues across sessions; two processes may share a record (different --tasks), each save
 merges under a lock. Resumable: rerun the command.
@@ -62,6 +63,8 @@ def main() -> None:
     p.add_argument("--data-dir", default=os.environ.get("BORT_SHARED_DATA", str(REPO.parent / "shared" / "data")))
     p.add_argument("--output", default=str(REPO / "runs" / "bench-student"))
     p.add_argument("--student", help="default: <output>/student")
+    p.add_argument("--label", help="a name for --student, put before each recipe's name in the record and its run "
+                   "folder, so another student's runs stand beside the default's (needed with --student)")
     p.add_argument("--tasks", nargs="+", default=["STS-B", "MRPC", "CoLA"], choices=ALL_TASKS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--recipes", nargs="+", default=["lr=3e-4,epochs=3", "lr=3e-4,epochs=10", "lr=1e-3,epochs=10"],
@@ -85,23 +88,29 @@ def train(args: argparse.Namespace, record_path: Path) -> None:
     """Every (task, recipe) the record lacks, for the seeds asked."""
     out = Path(args.output)
     student = args.student or str(out / "student")
+    if args.student and not args.label:
+        raise SystemExit("--student needs --label NAME, so its runs do not mix with the default student's")
     if not (Path(student) / "model.safetensors").is_file():
         raise SystemExit(f"{student} holds no pre-trained student; run benchmarks/bench_student.py first (or pass "
                          "--student DIR)")
     recipes = {name: parse(name) for name in args.recipes}
+    prefix = f"{args.label}:" if args.label else ""
     for task in args.tasks:
         metric, teacher_root = get_task(task).metrics[0], out / "teacher" / task
         teacher = finetune(args, default_source(), task, teacher_root, [0])
-        for name, settings in recipes.items():
+        for settings_name, settings in recipes.items():
+            name = prefix + settings_name
             done = json.loads(record_path.read_text())["rows"].get(task, {}) if record_path.is_file() else {}
             if name in done and done[name]["seeds"] == args.seeds:
                 continue
-            folder, start = out / "recipe" / task / name.replace(",", "_").replace("=", "-"), time.time()
+            folder = out / "recipe" / task / name.replace(",", "_").replace("=", "-").replace(":", "-")
+            start = time.time()
             options = {**recipe(args, task, args.seeds), **{OPTION.get(k, k): v for k, v in settings.items()}}
             run = bort.finetune(student, task, str(folder), resume=folder.exists(),
                                 teacher=str(teacher_root / "plain" / "seed-0"), **options).summary
             scores = {str(s): run["distilled"]["seeds"][str(s)][metric] for s in args.seeds}
-            entry = {"metric": metric, "teacher": teacher["plain"]["mean"][metric], "seeds": args.seeds,
+            entry = {"student": student, "metric": metric, "teacher": teacher["plain"]["mean"][metric],
+                     "seeds": args.seeds,
                      "scores": scores, "minutes": (time.time() - start) / 60, "machine": machine(),
                      "date": time.strftime("%Y-%m-%d")}
             save(record_path, task, name, entry)

@@ -1,0 +1,68 @@
+"""Which corpus should general distillation read? The same student pre-trained on three corpora, then fine-tuned.
+
+bench_student's student was distilled from MiniLM on bort's default corpus, Python's documentation (1,017 packed
+sequences of 128 tokens, so 4,000 steps of batch 16 are 63 passes over it). Neither the longer recipe nor teacher-
+labelled augmentation brought it near its teacher on STS-B or CoLA (RESULTS.md). This asks whether the corpus does:
+- `pydoc`: the default (bench_student's student, reused from `<output>/../bench-student/student` when it is there);
+- `prose`: the public-domain English of `../shared/data/text` (Gutenberg books, presidential addresses, WikiText-2);
+- `tasks`: the unlabelled sentences of the train splits of the seven tasks (CoLA, SST-2, MRPC, STS-B, RTE, CB, COPA),
+  one per line, each once: the text a task student meets. No dev or test text is read.
+Each student is `bort pretrain --init source` of the same architecture, seed and steps. Then fine-tune each with
+bench_recipe.py (`--student <output>/<corpus>/student`), whose record names the student beside the recipe.
+
+    python benchmarks/bench_corpus.py --output /root/bort-runs/bench-corpus --corpora tasks prose
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import bort
+from bench_student import ALL_TASKS, REPO
+from bort import io
+from bort.tasks import get_task
+
+
+def task_text(data_dir: str, path: Path) -> Path:
+    """The train splits' sentences (texts, pairs, choices), one per line, each once, in a stable order."""
+    if not path.is_file():
+        lines: dict[str, None] = {}
+        for name in ALL_TASKS:
+            for example in get_task(name).load("train", data_dir):
+                for text in (example.text, example.pair, *(example.choices or ())):
+                    if text and text.strip():
+                        lines[" ".join(text.split())] = None
+        io.write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=os.environ.get("BORT_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    p.add_argument("--output", default=str(REPO / "runs" / "bench-corpus"))
+    p.add_argument("--corpora", nargs="+", default=["tasks", "prose"], choices=["pydoc", "tasks", "prose"])
+    p.add_argument("--arch", default="2,12,384,384", help="bench_student's student by default")
+    p.add_argument("--steps", type=int, default=4000)
+    args = p.parse_args()
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("bort").setLevel(logging.INFO)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    corpora = {"pydoc": [], "prose": [str(Path(args.data_dir) / "text")],
+               "tasks": [str(task_text(args.data_dir, out / "task-train-text.txt"))] if "tasks" in args.corpora else []}
+    for name in args.corpora:
+        folder = out / name / "student"
+        if not (folder / "model.safetensors").is_file():
+            bort.pretrain(args.arch, str(folder), init="source", corpus=corpora[name], max_steps=args.steps,
+                          batch_size=16, max_seq_len=128, resume=folder.exists(), progress=False)
+        summary = json.loads((folder / "pretrain.json").read_text())
+        print(f"{name}: {summary['sequences']} sequences, {summary['steps']} steps, held-out loss "
+              f"{summary['eval']['loss']:.4f}, {summary['seconds'] / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
