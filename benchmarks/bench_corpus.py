@@ -6,11 +6,13 @@ labelled augmentation brought it near its teacher on STS-B or CoLA (RESULTS.md).
 - `pydoc`: the default (bench_student's student, reused from `<output>/../bench-student/student` when it is there);
 - `prose`: the public-domain English of `../shared/data/text` (Gutenberg books, presidential addresses, WikiText-2);
 - `tasks`: the unlabelled sentences of the train splits of the seven tasks (CoLA, SST-2, MRPC, STS-B, RTE, CB, COPA),
-  one per line, each once: the text a task student meets. No dev or test text is read.
+  one per line, each once: the text a task student meets. No dev or test text is read;
+- a task's name (`STS-B`): that task's train text alone, what `bort run` has at hand; `STS-B+pydoc`: with the default.
 Each student is `bort pretrain --init source` of the same architecture, seed and steps. Then fine-tune each with
 bench_recipe.py (`--student <output>/<corpus>/student`), whose record names the student beside the recipe.
 
     python benchmarks/bench_corpus.py --output /root/bort-runs/bench-corpus --corpora tasks prose
+    python benchmarks/bench_corpus.py --output /root/bort-runs/bench-corpus --corpora STS-B STS-B+pydoc
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from bort import io
 from bort.tasks import get_task
 
 
-def task_text(data_dir: str, path: Path) -> Path:
+def task_text(data_dir: str, path: Path, tasks: tuple[str, ...] = ALL_TASKS) -> Path:
     """The train splits' sentences (texts, pairs, choices), one per line, each once, in a stable order."""
     if not path.is_file():
         lines: dict[str, None] = {}
-        for name in ALL_TASKS:
+        for name in tasks:
             for example in get_task(name).load("train", data_dir):
                 for text in (example.text, example.pair, *(example.choices or ())):
                     if text and text.strip():
@@ -40,11 +42,31 @@ def task_text(data_dir: str, path: Path) -> Path:
     return path
 
 
+def corpus(name: str, data_dir: str, out: Path) -> list[str]:
+    """The files of a corpus named on the command line ([] is bort's default, Python's documentation)."""
+    base, _, extra = name.partition("+")
+    if name == "pydoc":
+        return []
+    if extra not in ("", "pydoc") or base not in ("prose", "tasks", *ALL_TASKS):
+        raise SystemExit(f"corpus '{name}': use pydoc, prose, tasks or a task's name ({', '.join(ALL_TASKS)}), "
+                         "optionally followed by +pydoc")
+    files = ([str(Path(data_dir) / "text")] if base == "prose" else
+             [str(task_text(data_dir, out / "task-train-text.txt"))] if base == "tasks" else
+             [str(task_text(data_dir, out / f"{base}-train-text.txt", (base,)))])
+    if extra:  # Python's documentation as a file beside the others (bort reads it only when no corpus is given)
+        from pydoc_data.topics import topics
+        if not (pydoc := out / "pydoc.txt").is_file():  # written once: the token cache is keyed by mtime
+            io.write_text(pydoc, "\n".join(topics[key] for key in sorted(topics)))
+        files.append(str(pydoc))
+    return files
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=os.environ.get("BORT_SHARED_DATA", str(REPO.parent / "shared" / "data")))
     p.add_argument("--output", default=str(REPO / "runs" / "bench-corpus"))
-    p.add_argument("--corpora", nargs="+", default=["tasks", "prose"], choices=["pydoc", "tasks", "prose"])
+    p.add_argument("--corpora", nargs="+", default=["tasks", "prose"],
+                   help="pydoc, prose, tasks, or a task's name (its train text), optionally +pydoc (with the default)")
     p.add_argument("--arch", default="2,12,384,384", help="bench_student's student by default")
     p.add_argument("--steps", type=int, default=4000)
     args = p.parse_args()
@@ -52,12 +74,11 @@ def main() -> None:
     logging.getLogger("bort").setLevel(logging.INFO)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    corpora = {"pydoc": [], "prose": [str(Path(args.data_dir) / "text")],
-               "tasks": [str(task_text(args.data_dir, out / "task-train-text.txt"))] if "tasks" in args.corpora else []}
     for name in args.corpora:
         folder = out / name / "student"
         if not (folder / "model.safetensors").is_file():
-            bort.pretrain(args.arch, str(folder), init="source", corpus=corpora[name], max_steps=args.steps,
+            bort.pretrain(args.arch, str(folder), init="source", corpus=corpus(name, args.data_dir, out),
+                          max_steps=args.steps,
                           batch_size=16, max_seq_len=128, resume=folder.exists(), progress=False)
         summary = json.loads((folder / "pretrain.json").read_text())
         print(f"{name}: {summary['sequences']} sequences, {summary['steps']} steps, held-out loss "
