@@ -3,7 +3,8 @@
 bench_student's student was distilled from MiniLM on bort's default corpus, Python's documentation (1,017 packed
 sequences of 128 tokens, so 4,000 steps of batch 16 are 63 passes over it). Neither the longer recipe nor teacher-
 labelled augmentation brought it near its teacher on STS-B or CoLA (RESULTS.md). This asks whether the corpus does:
-- `pydoc`: the default (bench_student's student, reused from `<output>/../bench-student/student` when it is there);
+- `pydoc`: the default, pre-trained again here (bench_student's student is this run, same settings, so RESULTS.md
+  compares against it instead of training it twice);
 - `prose`: the public-domain English of `../shared/data/text` (Gutenberg books, presidential addresses, WikiText-2);
 - `tasks`: the unlabelled sentences of the train splits of the seven tasks (CoLA, SST-2, MRPC, STS-B, RTE, CB, COPA),
   one per line, each once: the text a task student meets. No dev or test text is read;
@@ -26,6 +27,7 @@ from pathlib import Path
 import bort
 from bench_student import ALL_TASKS, REPO
 from bort import io
+from bort.distill.data import read_documents
 from bort.tasks import get_task
 
 
@@ -53,10 +55,9 @@ def corpus(name: str, data_dir: str, out: Path) -> list[str]:
     files = ([str(Path(data_dir) / "text")] if base == "prose" else
              [str(task_text(data_dir, out / "task-train-text.txt"))] if base == "tasks" else
              [str(task_text(data_dir, out / f"{base}-train-text.txt", (base,)))])
-    if extra:  # Python's documentation as a file beside the others (bort reads it only when no corpus is given)
-        from pydoc_data.topics import topics
+    if extra:  # bort's default corpus as a file beside the others (bort reads it only when no corpus is given)
         if not (pydoc := out / "pydoc.txt").is_file():  # written once: the token cache is keyed by mtime
-            io.write_text(pydoc, "\n".join(topics[key] for key in sorted(topics)))
+            io.write_text(pydoc, "\n".join(read_documents([])))
         files.append(str(pydoc))
     return files
 
