@@ -19,6 +19,7 @@ bench_recipe.py (`--student <output>/<corpus>/student`), whose record names the 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -29,18 +30,14 @@ from bench_student import ALL_TASKS, REPO
 from bort import io
 from bort.distill.data import read_documents
 from bort.tasks import get_task
+from bort.tasks.registry import unlabelled_text
 
 
 def task_text(data_dir: str, path: Path, tasks: tuple[str, ...] = ALL_TASKS) -> Path:
     """The train splits' sentences (texts, pairs, choices), one per line, each once, in a stable order."""
     if not path.is_file():
-        lines: dict[str, None] = {}
-        for name in tasks:
-            for example in get_task(name).load("train", data_dir):
-                for text in (example.text, example.pair, *(example.choices or ())):
-                    if text and text.strip():
-                        lines[" ".join(text.split())] = None
-        io.write_text(path, "\n".join(lines) + "\n")
+        io.write_text(path, unlabelled_text(itertools.chain.from_iterable(
+            get_task(name).load("train", data_dir) for name in tasks)))
     return path
 
 

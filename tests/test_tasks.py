@@ -12,9 +12,10 @@ from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassif
 import bort
 from bort.config import FinetuneConfig
 from bort.errors import BortError
-from bort.tasks import file_task, get_task, list_tasks
+from bort.tasks import Example, file_task, get_task, list_tasks
 from bort.tasks import finetune as ft
 from bort.tasks.metrics import compute, mean_std
+from bort.tasks.registry import unlabelled_text
 
 
 def test_metrics_match_hand_computed_values():
@@ -63,6 +64,15 @@ def test_known_values_of_real_rows(shared_data):
     assert get_task("CoLA").load("train", shared_data)[0].text.startswith("Our friends won't")
     assert get_task("COPA").load("train", shared_data)[0].text.endswith("What was the cause?")
 
+
+def test_a_tasks_unlabelled_text_holds_every_sentence_once_and_no_label(shared_data):
+    """The corpus `bort run` distils on by default: texts, pairs and answer choices, whitespace collapsed, each once."""
+    examples = [Example("A  cat\tsat.", "A dog ran.", "1"), Example("A dog ran.", " ", "0"),
+                Example("Why?", None, None, choices=("Rain.", "Sun."))]
+    assert unlabelled_text(examples) == "A cat sat.\nA dog ran.\nWhy?\nRain.\nSun.\n"
+    copa = unlabelled_text(get_task("COPA").load("train", shared_data))
+    first = get_task("COPA").load("train", shared_data)[0]
+    assert copa.startswith(f"{first.text}\n{first.choices[0]}\n") and "\n0\n" not in copa
 
 def test_registry_errors_are_one_line(tmp_path, shared_data):
     with pytest.raises(BortError, match="unknown task 'nope'; known tasks: CoLA, SST-2, MRPC.*COPA"):

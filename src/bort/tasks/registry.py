@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,17 @@ class Example:
         choices = row.get("choices")
         return cls(row["text"], row.get("pair"), row.get("label"), row.get("idx"),
                    tuple(choices) if choices is not None else None)
+
+
+def unlabelled_text(examples: Iterable[Example]) -> str:
+    """The examples' texts (text, pair, answer choices), one per line with whitespace collapsed, each once, in order:
+    the task's own sentences as a corpus for general distillation. Labels are left out, so no answer leaks in."""
+    lines: dict[str, None] = {}
+    for example in examples:
+        for text in (example.text, example.pair, *(example.choices or ())):
+            if text and text.strip():
+                lines[" ".join(text.split())] = None
+    return "".join(line + "\n" for line in lines)
 
 
 def canonical(value: Any) -> str:
