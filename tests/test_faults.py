@@ -562,3 +562,17 @@ def test_what_bort_wrote_is_told_by_its_sessions(tmp_path):
     assert io._written_by_others(folder) == ["after-kill", "between"]
     (folder / io.MARKER).write_text(json.dumps({"command": "finetune", "created": "1970-01-01T00:03:20+00:00"}))
     assert io._written_by_others(folder) == ["during-1"]  # made at 200: only what is older is someone else's
+
+
+def test_files_are_written_as_utf8_whatever_the_locale(tmp_path, tiny_model, wiki_text):
+    """Under an ASCII locale with Python's UTF-8 mode off, `bort pretrain` wrote its weights, then crashed writing the
+    model card's '⟨D=1, ...⟩' in the locale's encoding. bort writes and reads its text files as UTF-8."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LC_ALL": "POSIX", "PYTHONUTF8": "0"}
+    out = tmp_path / "student"
+    done = subprocess.run([sys.executable, "-X", "utf8=0", "-m", "bort.cli", "pretrain", "--arch", "1,2,32,64",
+                           "--teacher", str(tiny_model), "--corpus", str(wiki_text), "--max-steps", "2",
+                           "--batch-size", "2", "--max-seq-len", "16", "--max-sequences", "40", "--eval-sequences", "4",
+                           "--no-latency", "--quiet", "--output", str(out)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "⟨D=1, A=2, H=32, I=64⟩" in (out / "README.md").read_text(encoding="utf-8")

@@ -307,7 +307,7 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     with replacing(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")  # not the locale's: model cards and corpora hold any text
     return Path(path)
 
 
@@ -343,7 +343,7 @@ def rewrite_jsonl(path: str | os.PathLike, records: list[dict[str, Any]]) -> Non
 
 def read_json(path: str | os.PathLike) -> Any:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise BortError(f"cannot read {path} ({type(exc).__name__}); delete it or rerun with --overwrite") from None
 
@@ -369,7 +369,7 @@ def read_yaml(path: str | os.PathLike, what: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(Path(path).read_text())
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise BortError(f"{what} {path} cannot be read as YAML/JSON ({reason(exc, 120)}); fix the file") from None
 
@@ -380,7 +380,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         with contextlib.suppress(ValueError):
             return json.loads(line)
 
-    lines = Path(path).read_text(errors="replace").splitlines() if Path(path).is_file() else []
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if Path(path).is_file() else []
     return [r for r in map(record, lines) if isinstance(r, dict)]
 
 
@@ -602,7 +602,7 @@ def load_checkpoint(path: Path, module: Any, optimizer: Any = None) -> dict[str,
     from safetensors.torch import load_file, load_model
 
     try:
-        state = json.loads((path / "state.json").read_text())
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         load_model(module, str(path / "model.safetensors"))
         if optimizer is not None:
             optimizer.load_state_dict(_join_optimizer(load_file(str(path / "optimizer.safetensors")),
