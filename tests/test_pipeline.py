@@ -18,6 +18,8 @@ from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassificatio
 import bort
 from bort.cli import main
 from bort.config import PipelineConfig
+from bort.tasks import finetune as ft
+from bort.tasks.registry import unlabelled_text
 
 
 def run_args(model: Path, data: Path, corpus: Path, output: Path, *extra: str) -> list[str]:
@@ -118,8 +120,20 @@ def assert_split_whole(minutes: dict[str, float], budget: float) -> None:
 
 
 def test_a_given_teacher_skips_its_stage_and_its_share(finished, tmp_path, shared_data, tiny_model, wiki_text):
+    """Without --corpus, too: the search and the pre-training read the task's train text and Python's documentation,
+    written into the run's corpus/ folder."""
     out = tmp_path / "given"
-    assert main([*run_args(tiny_model, shared_data, wiki_text, out), "--teacher", str(finished / "teacher")]) == 0
+    args = run_args(tiny_model, shared_data, wiki_text, out)
+    del args[args.index("--corpus"):args.index("--corpus") + 2]
+    assert main([*args, "--teacher", str(finished / "teacher")]) == 0
+    corpus = sorted((out / "corpus").iterdir())
+    assert [p.name.split("-")[:2] for p in corpus] == [["python", "docs"], ["train", "text"]]
+    rte = ft.load_data(bort.tasks.get_task("RTE"), shared_data, 32).train  # --max-train-samples 32
+    assert corpus[1].read_text() == unlabelled_text(rte)
+    records = json.loads((out / "stages.json").read_text())
+    assert records["pretrain"]["options"]["corpus"] == records["extract"]["options"]["corpus"] == [
+        str(p.resolve()) for p in corpus[::-1]]
+    assert f"packed sequences of `{corpus[1].name}`, `{corpus[0].name}`." in (out / "report.md").read_text()
     plan, summary = (json.loads((out / name).read_text()) for name in ("plan.json", "summary.json"))
     assert "teacher" not in plan["minutes"]
     assert_split_whole(plan["minutes"], 0.1)
@@ -188,3 +202,21 @@ def test_bad_input_is_one_line_before_any_stage(tmp_path, shared_data, tiny_mode
         text = capsys.readouterr().err
         assert code == 2 and message in text and text.strip().count("\n") == 0, text
     assert not (tmp_path / "x").exists()
+
+
+def test_the_default_corpus_is_named_by_its_text_and_never_rewritten(tmp_path, shared_data):
+    """Another train split is another file (so the stages that read it re-run); the same one is the same file, left
+    untouched (so its token cache stays valid); a given --corpus is used as given."""
+    from bort import pipeline
+
+    task = bort.tasks.get_task("RTE")
+    config = PipelineConfig(task="RTE", output=str(tmp_path))
+    first = pipeline._with_corpus(config, tmp_path, ft.load_data(task, shared_data, 32)).corpus
+    written = [os.stat(p).st_mtime_ns for p in first]
+    time.sleep(0.01)
+    assert pipeline._with_corpus(config, tmp_path, ft.load_data(task, shared_data, 32)).corpus == first
+    assert [os.stat(p).st_mtime_ns for p in first] == written
+    other = pipeline._with_corpus(config, tmp_path, ft.load_data(task, shared_data, 64)).corpus
+    assert other[0] != first[0] and other[1] == first[1]  # the documentation is the same text
+    given = PipelineConfig(task="RTE", output=str(tmp_path), corpus=["my.txt"])
+    assert pipeline._with_corpus(given, tmp_path, ft.load_data(task, shared_data, 32)) is given

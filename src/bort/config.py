@@ -455,7 +455,9 @@ class PipelineConfig(RunConfig):
     latency_runtime: str = like(ExtractConfig, "latency_runtime", "torch")
     budget_minutes: float = option(60.0, "time for all stages, split by the rule in the README", above=0)
     seeds: list[int] = like(FinetuneConfig, "seeds", [0])
-    corpus: list[str] = like(DistillConfig, "corpus", [])
+    corpus: list[str] = like(DistillConfig, "corpus", [], help=(
+        "text files or folders, or hf:NAME[:CONFIG], for the search and the pre-training (default: the task's train "
+        "text and the English documentation that ships with Python, written into the run's corpus/ folder)"))
     max_train_samples: int | None = like(FinetuneConfig, "max_train_samples", None)
 
     def __post_init__(self) -> None:

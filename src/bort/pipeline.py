@@ -2,7 +2,8 @@
 
 1. teacher/   the source fine-tuned on the task (skipped with --teacher DIR, used as given);
 2. extract/   the search with the user's target (--speedup, --max-latency-ms, --max-params);
-3. pretrain/  general distillation of the chosen architecture from the source, sliced from it (--init source);
+3. pretrain/  general distillation of the chosen architecture from the source, sliced from it (--init source), on
+              --corpus or, by default, the task's train text and Python's documentation (corpus/);
 4. student/   task distillation from the teacher (with Agora and soft labels when --agora);
 5. onnx/      fp32 and int8 export; int8 is kept only within 1 point of fp32 on the dev split;
 6. report.md, report.html and summary.json: teacher vs student, timed side by side.
@@ -30,7 +31,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from bort.config import (
     make,
     task_files,
 )
-from bort.distill.data import check_corpus
+from bort.distill.data import check_corpus, read_documents
 from bort.distill.pretrain import pretrain
 from bort.errors import BortError
 from bort.families.bert import BertFamily
@@ -57,7 +58,7 @@ from bort.speed.bench import bench
 from bort.speed.export import export, ort_session, require_onnx
 from bort.tasks import finetune as ft
 from bort.tasks.metrics import compute
-from bort.tasks.registry import Task
+from bort.tasks.registry import Task, unlabelled_text
 
 log = logging.getLogger("bort")
 STAGES = ("teacher", "extract", "pretrain", "student", "onnx", "report")
@@ -116,6 +117,7 @@ def run(config: PipelineConfig) -> RunResult:
     out = io.prepare_output(config.output, "run", resume, config.overwrite,
                             (config.source, config.data_dir, config.train_file, config.dev_file, config.teacher,
                              *config.corpus))
+    config = _with_corpus(config, out, data)
     with io.alone_on_main() as main:  # the plan times the source and the search on process 0
         plan = _plan(out, config, family, task, data, source) if main else None
     plan = io.broadcast(plan)
@@ -161,6 +163,23 @@ def _run_stage(stage: str, ctx: Context, continuing: bool) -> dict[str, Any] | N
             return STAGE_RUNNERS[stage](ctx, continuing) if main else None
     result = STAGE_RUNNERS[stage](ctx, continuing)
     return result if io.is_main() else None
+
+
+def _with_corpus(config: PipelineConfig, out: Path, data: ft.TaskData) -> PipelineConfig:
+    """The corpus the search and the pre-training read: --corpus, or by default the task's own unlabelled train text
+    beside bort's default corpus (Python's documentation), written into the run's corpus/ folder. The corpus was the
+    largest lever measured on the student (RESULTS.md, "which corpus"), and the task's text is in every run's hands.
+    Each file is named by its content's hash, so a changed train split is another file (its stages re-run) and an
+    unchanged one is never rewritten (its token cache stays valid)."""
+    if config.corpus:
+        return config
+    folder, files = out.resolve() / "corpus", []
+    for stem, text in (("train-text", unlabelled_text(data.train)), ("python-docs", "\n".join(read_documents([])))):
+        files.append(path := folder / f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.txt")
+        if io.is_main() and not path.is_file():
+            io.write_text(path, text)
+    io.barrier()
+    return replace(config, corpus=[str(f) for f in files])
 
 
 def _targets(config: PipelineConfig) -> Constraints:
@@ -313,7 +332,8 @@ def _pretrain(ctx: Context, continuing: bool) -> dict[str, Any]:
              f"{step:.3f} s each (~{steps * step / 60:.1f} min predicted)")
     done = pretrain(settings(folder, max_steps=steps, eval_every=max(1, steps // 10), resume=continuing,
                              overwrite=folder.exists() and not continuing))
-    return {"folder": str(folder), "steps": steps, "eval": done.eval, "curve": str(folder / "metrics.jsonl")}
+    return {"folder": str(folder), "steps": steps, "eval": done.eval, "curve": str(folder / "metrics.jsonl"),
+            "corpus": config.corpus, "sequences": done.sequences}
 
 
 def _student(ctx: Context, continuing: bool) -> dict[str, Any]:
@@ -416,7 +436,7 @@ def _report(ctx: Context, continuing: bool) -> dict[str, Any]:
                "target_check": results["extract"].get("side_by_side", []), "latency_runtime": config.latency_runtime,
                "architecture": results["extract"]["chosen"]["arch"],
                "w_optimum": results["extract"]["w_optimum"]["arch"], "pretrain": {
-                   k: results["pretrain"][k] for k in ("steps", "eval")},
+                   k: results["pretrain"].get(k) for k in ("steps", "eval", "corpus", "sequences")},
                "student": results["student"], "onnx": results["onnx"], "latency_ms": {
                    f"{m}/{rt}": v for (m, rt), v in ms.items()}, "speedup": speedups,
                "params": {m: next(r["params"] for r in timed if r["model"] == m) for m in ("teacher", "student")},
@@ -475,6 +495,10 @@ def _blocks(s: dict[str, Any]) -> list[tuple]:
            ("table", ("finalist", "speed-up, median", "at least (95%)", "meets the target"),
             [(arch(dict(enumerate(r["arch"]))), f"{r['speedup']:.2f}x", f"{r['speedup_at_least']:.2f}x",
               "yes" if r["meets"] else "no") for r in s["target_check"]])) if s.get("target_check") else ()),
+        ("p", f"Pre-trained for {s['pretrain']['steps']} steps of {PRETRAIN_BATCH[0]} x {PRETRAIN_BATCH[1]} tokens"
+              + (f" on {s['pretrain']['sequences']:,} packed sequences of "
+                 + ", ".join(f"`{Path(p).name}`" for p in s["pretrain"]["corpus"]) if s["pretrain"].get("corpus")
+                 else "") + "."),
         *(("img", name) for name in IMAGES),
         ("h2", f"Time per stage (budget {s['budget_minutes']:g} min)"),
         ("table", ("stage", "planned minutes", "minutes"),
