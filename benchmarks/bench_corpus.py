@@ -28,7 +28,7 @@ from pathlib import Path
 import bort
 from bench_student import ALL_TASKS, REPO
 from bort import io
-from bort.distill.data import read_documents
+from bort.distill.data import default_text
 from bort.tasks import get_task
 from bort.tasks.registry import unlabelled_text
 
@@ -54,7 +54,7 @@ def corpus(name: str, data_dir: str, out: Path) -> list[str]:
              [str(task_text(data_dir, out / f"{base}-train-text.txt", (base,)))])
     if extra:  # bort's default corpus as a file beside the others (bort reads it only when no corpus is given)
         if not (pydoc := out / "pydoc.txt").is_file():  # written once: the token cache is keyed by mtime
-            io.write_text(pydoc, "\n".join(read_documents([])))
+            io.write_text(pydoc, default_text())
         files.append(str(pydoc))
     return files
 
@@ -76,8 +76,7 @@ def main() -> None:
         folder = out / name / "student"
         if not (folder / "model.safetensors").is_file():
             bort.pretrain(args.arch, str(folder), init="source", corpus=corpus(name, args.data_dir, out),
-                          max_steps=args.steps,
-                          batch_size=16, max_seq_len=128, resume=folder.exists(), progress=False)
+                          max_steps=args.steps, batch_size=16, max_seq_len=128, resume=folder.exists(), progress=False)
         summary = json.loads((folder / "pretrain.json").read_text())
         print(f"{name}: {summary['sequences']} sequences, {summary['steps']} steps, held-out loss "
               f"{summary['eval']['loss']:.4f}, {summary['seconds'] / 60:.1f} min", flush=True)

@@ -10,9 +10,8 @@ It shares `bench_student.py`'s folder and recipe: the teacher of a task is `<out
 on the full train split, seed 0; trained here if missing, and then reused by bench_student), the student is
 `<output>/student` (bench_student's pre-trained student; pass --student DIR --label NAME for another, whose runs
 are recorded as NAME:RECIPE). Every student run trains on the full official train split and is scored on the
-official dev split. Finished runs go into --record (small JSON,
-committed), so the study continues across sessions; two processes may share a record (different --tasks), each save
-merges under a lock. Resumable: rerun the command.
+official dev split. Finished runs go into --record (small JSON, committed), so the study continues across sessions;
+two processes may share a record (different --tasks), each save merges under a lock. Resumable: rerun the command.
 
     python benchmarks/bench_recipe.py --output /root/bort-runs/bench-student --tasks STS-B MRPC CoLA \
         --recipes lr=3e-4,epochs=3 lr=3e-4,epochs=10 lr=1e-3,epochs=10

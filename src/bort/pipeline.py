@@ -48,7 +48,7 @@ from bort.config import (
     make,
     task_files,
 )
-from bort.distill.data import check_corpus, read_documents
+from bort.distill.data import check_corpus, default_text
 from bort.distill.pretrain import pretrain
 from bort.errors import BortError
 from bort.families.bert import BertFamily
@@ -174,7 +174,7 @@ def _with_corpus(config: PipelineConfig, out: Path, data: ft.TaskData) -> Pipeli
     if config.corpus:
         return config
     folder, files = out.resolve() / "corpus", []
-    for stem, text in (("train-text", unlabelled_text(data.train)), ("python-docs", "\n".join(read_documents([])))):
+    for stem, text in (("train-text", unlabelled_text(data.train)), ("python-docs", default_text())):
         files.append(path := folder / f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.txt")
         if io.is_main() and not path.is_file():
             io.write_text(path, text)

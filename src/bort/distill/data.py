@@ -115,6 +115,11 @@ def read_documents(paths: Iterable[str | os.PathLike] | None) -> Iterator[str]:
                 raise BortError(f"cannot read corpus file {file}: {exc.strerror}; check its permissions") from None
 
 
+def default_text() -> str:
+    """The default corpus as one text, for a file that sits beside other corpus files (what `bort run` reads)."""
+    return "\n".join(read_documents([]))
+
+
 def iter_packed_rows(documents: Iterable[str], tokenizer, seq_len: int) -> Iterator[list[int]]:
     """Tokenised documents joined by [SEP] and cut into rows [CLS] ... [SEP] of `seq_len` ids (no padding),
     one at a time, so a corpus larger than memory can be streamed."""
