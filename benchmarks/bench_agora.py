@@ -19,11 +19,11 @@ import argparse
 import json
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 
 import bort
+from bench_student import machine
 from bort.io import default_source
 from bort.tasks import get_task
 
@@ -120,8 +120,7 @@ def cell(summary: dict, metric: str) -> str:
 def report(rows: list[dict], args: argparse.Namespace, seeds: list[int], samples: int, seconds: float,
            out: Path) -> None:
     """Markdown table (x100, mean ± std over seeds), averages, latency; also written to results.json."""
-    lines = [f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; seeds {seeds}; "
-             f"train subsample <= {samples}; {seconds / 60:.1f} min",
+    lines = [f"machine: {machine()}; seeds {seeds}; train subsample <= {samples}; {seconds / 60:.1f} min",
              "| task | metric | (a) teacher | (b) student plain | (c) student Agora | generated per round |",
              "|---|---|---|---|---|---|"]
     for r in rows:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 
 import bort
+from bench_student import machine
 from bort.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def main() -> None:
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("bort").setLevel(logging.INFO)  # the plan, each stage's start and end
     budget = {"budget_minutes": args.budget_minutes} if args.budget_minutes else {}
-    lines = [f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+    lines = [f"machine: {machine()}",
              "| task | metric | teacher | student | kept | speed-up (torch / onnx-int8) | stages min | call min | "
              "budget min |", "|---|---|---|---|---|---|---|---|---|"]
     for task in args.tasks:
