@@ -32,8 +32,8 @@ def main() -> None:
     logging.getLogger("bort").setLevel(logging.INFO)  # the plan, each stage's start and end
     budget = {"budget_minutes": args.budget_minutes} if args.budget_minutes else {}
     lines = [f"machine: {machine()}",
-             "| task | metric | teacher | student | kept | speed-up (torch / onnx-int8) | stages min | call min | "
-             "budget min |", "|---|---|---|---|---|---|---|---|---|"]
+             "| task | metric | teacher | student | kept | constant guess | speed-up (torch / onnx-int8) | stages min "
+             "| call min | budget min |", "|---|---|---|---|---|---|---|---|---|---|"]
     for task in args.tasks:
         out = Path(args.output) / task
         start = time.time()
@@ -44,7 +44,9 @@ def main() -> None:
         call = (time.time() - start) / 60  # the whole command (planning too) when this call ran it from the start
         teacher = (s["student"].get("teacher_dev") or s["teacher"].get("dev"))[metric]
         student = s["student"]["dev"][metric]
+        guess = s.get("majority_dev", {}).get(metric)  # the floor of having learned the task (runs since 2026-12-05)
         lines.append(f"| {task} | {metric} | {100 * teacher:.1f} | {100 * student:.1f} | {student / teacher:.1%} | "
+                     f"{'' if guess is None else f'{100 * guess:.1f}'} | "
                      f"{s['speedup'].get('torch', 0):.1f}x / {s['speedup'].get('onnx-int8', 0):.1f}x | {wall:.1f} "
                      f"| {call:.1f} | {s['budget_minutes']:g} |")
         print(f"{task}: done in {(time.time() - start) / 60:.1f} min this call; report {out / 'report.html'}",

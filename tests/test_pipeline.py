@@ -54,7 +54,8 @@ def test_every_stage_writes_what_a_user_deploys_and_reads(finished):
     assert (finished / "student" / "README.md").is_file()  # the model card
     html = (finished / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "<table>" in html and "Official dev split" in html
-    assert "| accuracy |" in (finished / "report.md").read_text()
+    assert "| accuracy |" in (finished / "report.md").read_text() and "constant guess" in html
+    assert set(summary["majority_dev"]) == set(summary["student"]["dev"])
     plan = json.loads((finished / "plan.json").read_text())
     assert_split_whole(plan["minutes"], 0.1)
     arch = ",".join(map(str, summary["architecture"].values()))  # each training stage timed its own steps once
@@ -89,6 +90,19 @@ def test_a_stage_rerun_after_an_interrupted_change_reruns_every_stage_after_it(f
     assert lines == {"teacher": "done", "extract": "starting", "pretrain": "starting", "student": "starting",
                      "onnx": "starting", "report": "starting"}
 
+
+
+def test_the_report_says_when_the_student_is_no_better_than_a_constant_guess(finished):
+    from bort import pipeline
+
+    summary = json.loads((finished / "summary.json").read_text())
+    student = summary["student"]["dev"]["accuracy"]
+    summary["majority_dev"] = {"accuracy": student - 0.01}
+    assert "it has not learned" not in pipeline._markdown(pipeline._blocks(summary))
+    summary["majority_dev"] = {"accuracy": student}
+    text = pipeline._markdown(pipeline._blocks(summary))
+    assert f"| {100 * student:.1f} | {100 * student:.1f} |" in text
+    assert "no better than the constant guess on accuracy, so it has not learned the task" in text
 
 def test_the_report_shows_how_the_speed_target_was_checked(finished):
     """With a measured target, the report lists the finalists timed side by side with the source (here the run

@@ -74,6 +74,18 @@ def test_a_tasks_unlabelled_text_holds_every_sentence_once_and_no_label(shared_d
     first = get_task("COPA").load("train", shared_data)[0]
     assert copa.startswith(f"{first.text}\n{first.choices[0]}\n") and "\n0\n" not in copa
 
+
+def test_the_constant_guess_is_the_most_common_train_label_or_the_mean_score(shared_data):
+    """The floor `bort run`'s report and Agora's labeller check compare against."""
+    mrpc = get_task("MRPC")
+    rows = lambda *labels: [Example("a", "b", label) for label in labels]  # noqa: E731
+    tiny = ft.TaskData(mrpc, rows("1", "1", "0"), {"dev": rows("1", "0", "0", "1")}, {})
+    assert ft.majority_score(mrpc, tiny) == pytest.approx({"f1": 2 / 3, "accuracy": 0.5})
+    real = ft.load_data(mrpc, shared_data, test=False)  # 279 paraphrases of 408 dev pairs; "1" is train's majority
+    assert ft.majority_score(mrpc, real) == pytest.approx({"f1": 558 / 687, "accuracy": 279 / 408})
+    stsb = get_task("STS-B")
+    assert ft.majority_score(stsb, ft.load_data(stsb, shared_data, test=False)) == {"pearson": 0.0, "spearman": 0.0}
+
 def test_registry_errors_are_one_line(tmp_path, shared_data):
     with pytest.raises(BortError, match="unknown task 'nope'; known tasks: CoLA, SST-2, MRPC.*COPA"):
         get_task("nope")

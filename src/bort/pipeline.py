@@ -431,13 +431,17 @@ def _report(ctx: Context, continuing: bool) -> dict[str, Any]:
                 if ms.get(("teacher", rt)) and ms.get(("student", rt))}
     plot_curve(Path(results["pretrain"]["curve"]), out / "pretrain_curve.png")
     records = io.read_json(out / "stages.json")
+    majority, metric = ft.majority_score(ctx.task, ctx.data), ctx.task.metrics[0]
+    if results["student"]["dev"][metric] <= majority[metric]:
+        log.warning(f"the student's dev {metric} {results['student']['dev'][metric]:.4f} is no better than a constant "
+                    f"guess's {majority[metric]:.4f}: it has not learned the task (see report.md)")
     summary = {"task": config.task, "source": ctx.source, "target": _targets(config).describe(),
                "target_met": results["extract"]["target_met"], "teacher": results["teacher"],
                "target_check": results["extract"].get("side_by_side", []), "latency_runtime": config.latency_runtime,
                "architecture": results["extract"]["chosen"]["arch"],
                "w_optimum": results["extract"]["w_optimum"]["arch"], "pretrain": {
                    k: results["pretrain"].get(k) for k in ("steps", "eval", "corpus", "sequences")},
-               "student": results["student"], "onnx": results["onnx"], "latency_ms": {
+               "student": results["student"], "majority_dev": majority, "onnx": results["onnx"], "latency_ms": {
                    f"{m}/{rt}": v for (m, rt), v in ms.items()}, "speedup": speedups,
                "params": {m: next(r["params"] for r in timed if r["model"] == m) for m in ("teacher", "student")},
                "stage_seconds": {**{k: v.get("seconds") for k, v in records.items()},
@@ -470,6 +474,7 @@ def _data(config: PipelineConfig) -> dict[str, Any]:
 def _blocks(s: dict[str, Any]) -> list[tuple]:
     """The report's content once, as (kind, ...) blocks that render to Markdown and to HTML alike."""
     teacher_dev, student_dev = s["student"].get("teacher_dev") or s["teacher"].get("dev") or {}, s["student"]["dev"]
+    guess, metric = s["majority_dev"], next(iter(student_dev))  # the task's main metric comes first
     planned = s["plan"]["minutes"]
     ms, speed, params = s["latency_ms"], s["speedup"], s["params"]
     arch = lambda a: "⟨" + ", ".join(map(str, a.values())) + "⟩"  # noqa: E731
@@ -482,8 +487,16 @@ def _blocks(s: dict[str, Any]) -> list[tuple]:
               f"split). " + (f"ONNX kept: `{s['onnx']['kept']}` ({s['onnx']['why']})." if s["onnx"]["kept"] else
                          f"No ONNX model: {s['onnx']['why']}.")),
         ("h2", "Official dev split"),
-        ("table", ("metric", "teacher", "student"),
-         [(k, f"{100 * teacher_dev.get(k, math.nan):.1f}", f"{100 * v:.1f}") for k, v in student_dev.items()]),
+        ("table", ("metric", "teacher", "student", "constant guess"),
+         [(k, f"{100 * teacher_dev.get(k, math.nan):.1f}", f"{100 * v:.1f}", f"{100 * guess[k]:.1f}")
+          for k, v in student_dev.items()]),
+        ("p", "Constant guess: always the most common train label (the mean train score for regression), the floor "
+              "a model must clear to have learned the task."
+              + ("" if student_dev[metric] > guess[metric] else
+                 f" Warning: the student is no better than the constant guess on {metric}, so it has not learned "
+                 "the task. "
+                 "A larger --budget-minutes gives it more steps; a lower --speedup lets the search choose a larger "
+                 "student.")),
         ("h2", "Speed, side by side (batch 1 x 128)"),
         ("table", ("runtime", "teacher ms", "student ms", "student vs teacher"),
          [(rt, f"{ms['teacher/' + rt]:.2f}", f"{ms['student/' + rt]:.2f}", f"{v:.1f}x") for rt, v in speed.items()]),

@@ -42,7 +42,6 @@ from bort.agora.transforms import (
 from bort.config import AgoraConfig, FinetuneConfig, parse_theta
 from bort.errors import BortError
 from bort.tasks import finetune as ft
-from bort.tasks.metrics import compute
 from bort.tasks.registry import Example, Task
 from bort.tasks.teacher import TaskTeacher
 
@@ -236,7 +235,7 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
     judge = checked or TaskTeacher(labeller_dir, spec, config.max_seq_len, role=role)
     if labeller_dev is None and io.is_main():
         labeller_dev = ft.teacher_score(judge, data, config)
-    majority = majority_score(spec, data)
+    majority = ft.majority_score(spec, data)
     if io.is_main() and labeller_dev.get(spec.metrics[0], math.inf) <= majority[spec.metrics[0]]:
         log.warning("the %s scores %s %.4f on the official dev split, no better than always predicting the majority "
                     "(%.4f): Agora assumes an ok-ish labeller, and its labels may hurt", role, spec.metrics[0],
@@ -309,12 +308,3 @@ def agora(config: AgoraConfig) -> dict[str, Any]:
     io.write_json(out / "metrics.json", result)
     return result
 
-
-def majority_score(task: Task, data: ft.TaskData) -> dict[str, float]:
-    """The official-dev score of always predicting the most common train label (the mean score for regression):
-    the floor a labeller must clear for Agora's premise to hold."""
-    dev = next(iter(data.dev.values()))
-    gold = [task.label_index(e.label) for e in dev]
-    train = [task.label_index(e.label) for e in data.train]
-    guess = sum(train) / len(train) if task.kind == "regression" else max(set(train), key=train.count)
-    return compute(task.metrics, [guess] * len(dev), gold)

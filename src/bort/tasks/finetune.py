@@ -172,6 +172,16 @@ class TaskData:
     test: dict[str, list[Example]]
 
 
+def majority_score(task: Task, data: TaskData) -> dict[str, float]:
+    """The official-dev score of always predicting the most common train label (the mean score for regression):
+    the floor a labeller must clear for Agora's premise to hold, and a student to have learned the task."""
+    dev = next(iter(data.dev.values()))
+    gold = [task.label_index(e.label) for e in dev]
+    train = [task.label_index(e.label) for e in data.train]
+    guess = sum(train) / len(train) if task.kind == "regression" else max(set(train), key=train.count)
+    return compute(task.metrics, [guess] * len(dev), gold)
+
+
 def resolve_task(task: str | Task, train_file: str | None = None, dev_file: str | None = None,
                  test_file: str | None = None, **columns: Any) -> Task:
     """A registered task, or a custom one when files are given (--train/--dev/--test)."""
