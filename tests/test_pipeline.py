@@ -91,7 +91,6 @@ def test_a_stage_rerun_after_an_interrupted_change_reruns_every_stage_after_it(f
                      "onnx": "starting", "report": "starting"}
 
 
-
 def test_the_report_says_when_the_student_is_no_better_than_a_constant_guess(finished):
     from bort import pipeline
 

@@ -494,9 +494,8 @@ def _blocks(s: dict[str, Any]) -> list[tuple]:
               "a model must clear to have learned the task."
               + ("" if student_dev[metric] > guess[metric] else
                  f" Warning: the student is no better than the constant guess on {metric}, so it has not learned "
-                 "the task. "
-                 "A larger --budget-minutes gives it more steps; a lower --speedup lets the search choose a larger "
-                 "student.")),
+                 "the task. A lower --speedup lets the search choose a larger student; a larger --budget-minutes "
+                 "pre-trains it longer.")),
         ("h2", "Speed, side by side (batch 1 x 128)"),
         ("table", ("runtime", "teacher ms", "student ms", "student vs teacher"),
          [(rt, f"{ms['teacher/' + rt]:.2f}", f"{ms['student/' + rt]:.2f}", f"{v:.1f}x") for rt, v in speed.items()]),
