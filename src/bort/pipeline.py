@@ -441,7 +441,8 @@ def _report(ctx: Context, continuing: bool) -> dict[str, Any]:
                "architecture": results["extract"]["chosen"]["arch"],
                "w_optimum": results["extract"]["w_optimum"]["arch"], "pretrain": {
                    k: results["pretrain"].get(k) for k in ("steps", "eval", "corpus", "sequences")},
-               "student": results["student"], "majority_dev": majority, "onnx": results["onnx"], "latency_ms": {
+               "student": results["student"], "metric": metric, "majority_dev": majority, "onnx": results["onnx"],
+               "latency_ms": {
                    f"{m}/{rt}": v for (m, rt), v in ms.items()}, "speedup": speedups,
                "params": {m: next(r["params"] for r in timed if r["model"] == m) for m in ("teacher", "student")},
                "stage_seconds": {**{k: v.get("seconds") for k, v in records.items()},
@@ -474,7 +475,7 @@ def _data(config: PipelineConfig) -> dict[str, Any]:
 def _blocks(s: dict[str, Any]) -> list[tuple]:
     """The report's content once, as (kind, ...) blocks that render to Markdown and to HTML alike."""
     teacher_dev, student_dev = s["student"].get("teacher_dev") or s["teacher"].get("dev") or {}, s["student"]["dev"]
-    guess, metric = s["majority_dev"], next(iter(student_dev))  # the task's main metric comes first
+    guess, metric = s["majority_dev"], s["metric"]
     planned = s["plan"]["minutes"]
     ms, speed, params = s["latency_ms"], s["speedup"], s["params"]
     arch = lambda a: "⟨" + ", ".join(map(str, a.values())) + "⟩"  # noqa: E731
