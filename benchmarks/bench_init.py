@@ -36,12 +36,12 @@ def sliced(source: str, arch: dict[str, int], folder: Path) -> Path:
     """`source` (a base model or a classifier) cut into `arch` as a classifier folder that `bort finetune` loads."""
     if (folder / "config.json").exists():
         return folder
+    torch.manual_seed(0)  # a base-model source gets a random classifier head, which the slice copies: seeded
     with io.quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(source)
     config = model.config.__class__.from_dict(model.config.to_dict())
     config.num_hidden_layers, config.num_attention_heads = arch["D"], arch["A"]
     config.hidden_size, config.intermediate_size = arch["H"], arch["I"]
-    torch.manual_seed(0)  # the head of a base-model source starts at random, the same each time
     student = AutoModelForSequenceClassification.from_config(config)
     slice_into(student, model)
     folder.mkdir(parents=True, exist_ok=True)
