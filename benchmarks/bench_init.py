@@ -26,6 +26,7 @@ import bort
 from bench_student import machine
 from bort import io
 from bort.distill.init import slice_into
+from bort.families.bert import BertFamily
 from bort.tasks import finetune as ft
 from bort.tasks import get_task
 
@@ -39,9 +40,7 @@ def sliced(source: str, arch: dict[str, int], folder: Path) -> Path:
     torch.manual_seed(0)  # a base-model source gets a random classifier head, which the slice copies: seeded
     with io.quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(source)
-    config = model.config.__class__.from_dict(model.config.to_dict())
-    config.num_hidden_layers, config.num_attention_heads = arch["D"], arch["A"]
-    config.hidden_size, config.intermediate_size = arch["H"], arch["I"]
+    config = BertFamily(model.config).config(tuple(arch[k] for k in BertFamily.param_names))  # labels kept
     student = AutoModelForSequenceClassification.from_config(config)
     slice_into(student, model)
     folder.mkdir(parents=True, exist_ok=True)
