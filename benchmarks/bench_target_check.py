@@ -23,7 +23,7 @@ from bort.families import resolve_family
 from bort.speed.latency import side_by_side
 
 
-def as_search(run: Path, summary: dict) -> tuple[float, float, float]:
+def as_search(summary: dict) -> tuple[float, float, float]:
     """Source ms, student ms and the median per-round ratio, as the search's confirmation times them."""
     family = resolve_family("bert", summary["source"])
     student = tuple(summary["architecture"][k] for k in family.param_names)
@@ -56,7 +56,7 @@ def main() -> None:
           "| speed-up (PyTorch) |")
     print("|---|---|---|---|---|---|---|")
     for round_ in range(args.rounds):
-        search = as_search(run, summary)
+        search = as_search(summary)
         report = as_report(run, args.runtimes)["torch"]
         print(f"| {round_ + 1} | {search[0]:.2f} | {search[1]:.2f} | {search[2]:.2f}x | {report[0]:.2f} | "
               f"{report[1]:.2f} | {report[2]:.2f}x |", flush=True)
