@@ -59,8 +59,9 @@ def main() -> None:
     run, out = Path(args.run), Path(args.output)
     s, plan = io.read_json(run / "summary.json"), io.read_json(run / "plan.json")
     task, arch = s["task"], s["architecture"]
-    metrics = get_task(task).metrics
-    guess = ft.majority_score(get_task(task), ft.load_data(get_task(task), args.data_dir))  # runs before 2026-12-05
+    spec = get_task(task)
+    metrics = spec.metrics
+    guess = ft.majority_score(spec, ft.load_data(spec, args.data_dir))  # runs before 2026-12-05 lack majority_dev
     starts = {"source slice": s["source"], "teacher slice": s["teacher"]["folder"]}
     rows = {"pre-trained (the run's student)": s["student"]["dev"]}
     for name, source in starts.items():

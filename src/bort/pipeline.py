@@ -417,18 +417,28 @@ def _onnx_score(model: Path, folder: Path, task, data: ft.TaskData, config: Pipe
     return compute(task.metrics, predictions, [task.label_index(e.label) for e in rows])
 
 
+def time_pair(teacher: str | Path, student: str | Path, plot: Path | None = None, progress: bool = False
+              ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], float], dict[str, float]]:
+    """The report's speed figures: teacher and student timed side by side (`bort bench`, batch 1 x 128, 20 runs)
+    in PyTorch, ONNX and int8 ONNX Runtime. Returns the records, median ms by (model, runtime) and the speed-up
+    per runtime."""
+    runtimes = ["torch", "onnx", "onnx-int8"]
+    timed = bench(make(BenchConfig, models=[f"teacher={teacher}", f"student={student}"], runtimes=runtimes,
+                       repeats=20, plot=str(plot) if plot else None, overwrite=True), progress=progress).records
+    ms = {(r["model"], r["runtime"]): r["median_ms"] for r in timed}
+    speedups = {rt: ms[("teacher", rt)] / ms[("student", rt)] for rt in runtimes
+                if ms.get(("teacher", rt)) and ms.get(("student", rt))}
+    return timed, ms, speedups
+
+
 def _report(ctx: Context, continuing: bool) -> dict[str, Any]:
     """Teacher and student timed side by side, summary.json, report.md and report.html (plots embedded)."""
     from bort.report import plot_curve
 
     config, results, out = ctx.config, ctx.results, ctx.out
-    tick, runtimes = time.perf_counter(), ["torch", "onnx", "onnx-int8"]
-    timed = bench(make(BenchConfig, models=[f"teacher={results['teacher']['folder']}",
-                                            f"student={results['student']['folder']}"], runtimes=runtimes, repeats=20,
-                       plot=str(out / "speed.png"), overwrite=True), progress=config.progress).records
-    ms = {(r["model"], r["runtime"]): r["median_ms"] for r in timed}
-    speedups = {rt: ms[("teacher", rt)] / ms[("student", rt)] for rt in runtimes
-                if ms.get(("teacher", rt)) and ms.get(("student", rt))}
+    tick = time.perf_counter()
+    timed, ms, speedups = time_pair(results["teacher"]["folder"], results["student"]["folder"], out / "speed.png",
+                                    config.progress)
     plot_curve(Path(results["pretrain"]["curve"]), out / "pretrain_curve.png")
     records = io.read_json(out / "stages.json")
     majority, metric = ft.majority_score(ctx.task, ctx.data), ctx.task.metrics[0]
