@@ -227,6 +227,28 @@ def test_a_run_without_model_is_continued_by_one_naming_the_default(tmp_path, ca
         assert (out / "plain" / "seed-0" / "model.safetensors").stat().st_mtime_ns == weights
 
 
+def test_a_run_resumed_with_its_inputs_spelled_another_way_keeps_its_work(tmp_path, capsys, monkeypatch,
+                                                                            shared_data, tiny_model):
+    """`--data-dir ../shared/data` and `--data-dir /abs/shared/data` are one folder: resuming with the other
+    spelling (or from another working folder) once refused a finished fine-tuning run as changed, and made
+    `bort run` train every stage again, its teacher first."""
+    out, args = finished_finetune(tmp_path, capsys, shared_data, tiny_model)
+    weights = (out / "plain" / "seed-0" / "model.safetensors").stat().st_mtime_ns
+    monkeypatch.chdir(tmp_path)
+    relative = [{str(shared_data): os.path.relpath(shared_data), str(tiny_model): os.path.relpath(tiny_model),
+                 str(out): "run"}.get(a, a) for a in args]
+    assert relative != args and main([*relative, "--resume"]) == 0
+    assert (out / "plain" / "seed-0" / "model.safetensors").stat().st_mtime_ns == weights
+    monkeypatch.chdir(shared_data)  # and from a folder where the same inputs are ./ paths
+    dotted = [{str(shared_data): "."}.get(a, a) for a in args]
+    assert main([*dotted, "--resume"]) == 0
+    assert (out / "plain" / "seed-0" / "model.safetensors").stat().st_mtime_ns == weights
+    # `bort run` keys its stages by the same options: hub names and presets stay as given
+    from bort.config import PipelineConfig, make
+    run = make(PipelineConfig, task="stsb", data_dir=".", source="bert-base-uncased", output="o")
+    assert (run.data_dir, run.source) == (os.path.abspath(shared_data), "bert-base-uncased")
+
+
 def test_config_files_are_typed_like_flags(tmp_path, capsys):
     from bort.cli import options, parser
 

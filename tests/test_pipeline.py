@@ -70,7 +70,9 @@ def test_rerunning_skips_finished_stages_and_a_changed_option_reruns_from_its_st
     assert main([*args, "--resume"]) == 0
     assert set(stage_lines(capsys.readouterr().err).values()) == {"done"}
     assert main([*args, "--resume", "--seeds", "0", "1"]) == 0  # the seeds change the student, not what comes before
-    lines = stage_lines(capsys.readouterr().err)
+    err = capsys.readouterr().err
+    lines = stage_lines(err)
+    assert "student: finished earlier with other options (--seeds [0, 1] now, [0] then); it runs again" in err
     assert [s for s, what in lines.items() if what == "done"] == ["teacher", "extract", "pretrain"]
     summary = json.loads((finished / "summary.json").read_text())
     best = finished / "student" / "distilled" / f"seed-{summary['student']['best_seed']}" / "metrics.json"

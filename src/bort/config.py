@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,11 @@ from bort.io import read_yaml
 # onnx*: the graph `bort export` writes (fused for BERT models); onnx-unfused*: the dynamo exporter's graph as is
 RUNTIMES = ("torch", "compile", "onnx", "onnx-int8", "onnx-unfused", "onnx-unfused-int8")
 LATENCY_RUNTIMES = ("torch", "onnx", "onnx-int8")  # what a search can time each candidate in
+# options that name what a run reads: one that exists on disk is kept as its absolute path, so a run resumed from
+# another folder, or with the path spelled another way (../data, ./data, /abs/data), is the same run and keeps its
+# finished work; hub names, presets and D,A,H,I shapes are not on disk and stay as given
+INPUT_PATHS = frozenset({"model", "source", "teacher", "teacher_from", "labeller", "labeller_from", "infill_model",
+                         "arch", "space", "corpus", "data_dir", "train_file", "dev_file", "test_file"})
 
 
 def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, choices: tuple | None = None,
@@ -91,6 +97,8 @@ def _typed(name: str, kind: Any, value: Any, f) -> Any:
     if kind is bool and not isinstance(value, bool):
         raise BortError(f"{name} is true or false, not {value!r}")
     if kind not in (int, float):
+        if isinstance(value, str | Path) and f.name in INPUT_PATHS and str(value) and Path(value).expanduser().exists():
+            return os.path.abspath(Path(value).expanduser())
         return str(value) if isinstance(value, str | Path) else value
     try:
         number = float(value) if not isinstance(value, bool) else math.nan

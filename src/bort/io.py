@@ -537,24 +537,29 @@ def _written_by_others(folder: Path) -> list[str]:
 
 def same_settings(saved: dict[str, Any], current: dict[str, Any], what: str) -> None:
     """Refuse to continue `what` (a run, a checkpoint, a finished model) made with other settings, naming them."""
-    from bort.config import option_flags
-
     def named(settings: dict[str, Any]) -> dict[str, Any]:
         """No --model and the embedded default's own path are one model, so one run (whichever a run recorded)."""
         is_default = settings.get("model") is not None and str(settings["model"]) == default_source()
         return {**settings, "model": None} if is_default else settings
 
-    saved, current, flags = named(saved), named(strict_json(current)), option_flags()
-    if differ := sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)):
-        def shown(value: Any) -> str:
-            text = json.dumps(value) if not isinstance(value, str) else value
-            return text if len(text) <= 60 else text[:57] + "..."
-
-        # an option is named by its flag; what a run derives (train size, processes, steps) by its own name
-        changes = "; ".join(f"{flags.get(k, k.replace('_', ' '))} {shown(current.get(k))} now, "
-                            f"{shown(saved.get(k))} then" for k in differ[:4]) + ("; ..." if len(differ) > 4 else "")
+    if changes := changed_settings(named(saved), named(strict_json(current))):
         raise BortError(f"{what} was made with other settings ({changes}); use the original settings, or "
                         "--overwrite to start again")
+
+
+def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """'--lr 0.001 now, 5e-05 then; ...' for the settings that differ (empty when none do)."""
+    from bort.config import option_flags
+
+    def shown(value: Any) -> str:
+        text = json.dumps(value) if not isinstance(value, str) else value
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    flags, current = option_flags(), strict_json(current)
+    differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    # an option is named by its flag; what a run derives (train size, processes, steps) by its own name
+    return "; ".join(f"{flags.get(k, k.replace('_', ' '))} {shown(current.get(k))} now, {shown(saved.get(k))} then"
+                     for k in differ[:4]) + ("; ..." if len(differ) > 4 else "")
 
 
 # -- checkpoints --------------------------------------------------------------------------------------------
