@@ -136,8 +136,8 @@ def run(config: PipelineConfig) -> RunResult:
         if record.get("done"):  # a finished stage made again: say why, since its work is replaced
             changes = io.changed_settings(record.get("options", {}), options)
             log.warning(f"stage {number}/{len(STAGES)} {stage}: finished earlier with other options ("
-                        f"{changes or 'the same, after a stage before it ran again'}); it runs again, and every "
-                        "stage after it")
+                        f"{changes or 'its own are the same: what it was made from changed'}); it runs again, and "
+                        "every stage after it")
         folder = out / stage
         continuing = io.broadcast(record.get("key") == chain and folder.exists())  # before process 0 makes it
         remaining = sum(plan["minutes"].get(s, 0) for s in STAGES[number - 1:])
