@@ -97,9 +97,10 @@ def _typed(name: str, kind: Any, value: Any, f) -> Any:
     if kind is bool and not isinstance(value, bool):
         raise BortError(f"{name} is true or false, not {value!r}")
     if kind not in (int, float):
-        if isinstance(value, str | Path) and f.name in INPUT_PATHS and str(value) and Path(value).expanduser().exists():
-            return os.path.abspath(Path(value).expanduser())
-        return str(value) if isinstance(value, str | Path) else value
+        if not isinstance(value, str | Path):
+            return value
+        on_disk = Path(value).expanduser() if f.name in INPUT_PATHS and str(value) else None
+        return os.path.abspath(on_disk) if on_disk and on_disk.exists() else str(value)
     try:
         number = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
